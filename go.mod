@@ -1,0 +1,3 @@
+module github.com/backlog-dev/backlog
+
+go 1.26.8
