@@ -1,0 +1,21 @@
+package backlog
+
+import "net"
+
+// A Listener is a net.Listener whose pending-connection queue can be read
+// and resized: what both transports (package kernel and package netstack)
+// return, and what the backlog command and its metrics work with.
+type Listener interface {
+	net.Listener
+	// Backlog returns the stored backlog: what the system made of the
+	// requested one.
+	Backlog() int
+	// SetBacklog calls listen() again with n, under the rules of the
+	// listener's system: the stored backlog changes (or, on some systems,
+	// does not), waiting connections beyond it may be reset, or the call
+	// fails.
+	SetBacklog(n int) error
+	// Stats returns the queue's gauges and counters. A transport fills in
+	// what it can observe and leaves the rest zero.
+	Stats() Stats
+}
