@@ -1,0 +1,72 @@
+package netstack
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/backlog-dev/backlog"
+)
+
+// pair returns a network with a server and a client host, closed when the
+// test ends.
+func pair(t testing.TB, cfg *NetworkConfig) (n *Network, srv, cli *Host) {
+	t.Helper()
+	n = NewNetwork(cfg)
+	t.Cleanup(func() { n.Close() })
+	var err error
+	if srv, err = n.NewHost(); err != nil {
+		t.Fatal(err)
+	}
+	if cli, err = n.NewHost(); err != nil {
+		t.Fatal(err)
+	}
+	return n, srv, cli
+}
+
+func listen(t testing.TB, h *Host, personality string, backlogN int) *Listener {
+	t.Helper()
+	l, err := h.Listen(context.Background(), "tcp", ":80", &ListenConfig{Personality: backlog.MustLookup(personality), Backlog: backlogN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func TestEcho(t *testing.T) {
+	_, srv, cli := pair(t, nil)
+	l := listen(t, srv, "linux", 5)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	for _, target := range []string{"198.18.0.1:80", "[fdb1:ac6::1]:80"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := cli.Dial(ctx, "tcp", target)
+		cancel()
+		if err != nil {
+			t.Fatalf("dial %s: %v", target, err)
+		}
+		msg := []byte("hello, " + target)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != string(msg) {
+			t.Fatalf("echo from %s: %q, %v", target, buf, err)
+		}
+		c.Close()
+	}
+	if s := l.Stats(); s.Accepted != 2 || s.Queued != 2 {
+		t.Errorf("stats %+v; want 2 queued and accepted", s)
+	}
+	_ = net.ErrClosed
+}

@@ -1,0 +1,271 @@
+package netstack
+
+import (
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// seg is what the gate reads from one TCP/IP packet: its connection, as
+// seen from this host (Local is this host's end), and the TCP fields that
+// decide its fate.
+type seg struct {
+	proto  tcpip.NetworkProtocolNumber
+	id     stack.TransportEndpointID
+	flags  header.TCPFlags
+	seq    uint32
+	ack    uint32
+	window uint16
+	// payload is the number of TCP payload bytes.
+	payload int
+	// mss is the MSS option of a SYN, 0 if absent.
+	mss uint16
+	// tcp is the TCP header and payload, aliasing the packet, so that
+	// the gate can rewrite sequence numbers in place.
+	tcp header.TCP
+	// pseudo is the pseudo-header checksum for tcp.
+	pseudo uint16
+}
+
+// parse reads an IPv4 or IPv6 packet carrying TCP. inbound says whether the
+// packet arrives at this host (its destination is local) or leaves it. It
+// reports false for anything else, for fragments, and for truncated or
+// malformed headers: such packets are left to the stack, which drops them.
+func parse(b []byte, inbound bool) (s seg, ok bool) {
+	proto, src, dst, hl, total, ok := parseIP(b)
+	if !ok {
+		return s, false
+	}
+	return parseTCP(proto, src, dst, b[hl:total], inbound)
+}
+
+// parseIP reads an IP header: the protocol, the addresses, and where the
+// transport header starts and the packet ends. Only unfragmented TCP is
+// reported.
+func parseIP(b []byte) (proto tcpip.NetworkProtocolNumber, src, dst tcpip.Address, hl, total int, ok bool) {
+	if len(b) < 1 {
+		return
+	}
+	switch b[0] >> 4 {
+	case 4:
+		ip := header.IPv4(b)
+		if !ip.IsValid(len(b)) || ip.Protocol() != uint8(header.TCPProtocolNumber) || ip.More() || ip.FragmentOffset() != 0 {
+			return
+		}
+		hl, total = int(ip.HeaderLength()), int(ip.TotalLength())
+		if total > len(b) || hl > total {
+			return
+		}
+		return ipv4.ProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), hl, total, true
+	case 6:
+		ip := header.IPv6(b)
+		if !ip.IsValid(len(b)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+			return
+		}
+		total = header.IPv6MinimumSize + int(ip.PayloadLength())
+		if total > len(b) {
+			return
+		}
+		return ipv6.ProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), header.IPv6MinimumSize, total, true
+	}
+	return
+}
+
+// parseTCP reads a TCP segment, l4 being its header and payload.
+func parseTCP(proto tcpip.NetworkProtocolNumber, src, dst tcpip.Address, l4 []byte, inbound bool) (s seg, ok bool) {
+	if len(l4) < header.TCPMinimumSize {
+		return s, false
+	}
+	t := header.TCP(l4)
+	off := int(t.DataOffset())
+	if off < header.TCPMinimumSize || off > len(l4) {
+		return s, false
+	}
+	s.proto = proto
+	s.tcp = t
+	s.flags = t.Flags()
+	s.seq, s.ack, s.window = t.SequenceNumber(), t.AckNumber(), t.WindowSize()
+	s.payload = len(l4) - off
+	s.pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(l4)))
+	if s.flags.Contains(header.TCPFlagSyn) {
+		s.mss = header.ParseSynOptions(t.Options(), s.flags.Contains(header.TCPFlagAck)).MSS
+	}
+	if inbound {
+		s.id = stack.TransportEndpointID{LocalPort: t.DestinationPort(), LocalAddress: dst, RemotePort: t.SourcePort(), RemoteAddress: src}
+	} else {
+		s.id = stack.TransportEndpointID{LocalPort: t.SourcePort(), LocalAddress: src, RemotePort: t.DestinationPort(), RemoteAddress: dst}
+	}
+	return s, true
+}
+
+// parseOutbound reads a packet the stack is sending, from its header views:
+// the TCP header in s aliases the packet's own, so rewrites change what is
+// sent. The checksum cannot be validated from s (its payload is elsewhere),
+// and need not be: the stack just computed it.
+func parseOutbound(pkt *stack.PacketBuffer) (s seg, ok bool) {
+	nh, th := pkt.NetworkHeader().Slice(), pkt.TransportHeader().Slice()
+	if len(nh) == 0 || len(th) < header.TCPMinimumSize || pkt.TransportProtocolNumber != header.TCPProtocolNumber {
+		return s, false
+	}
+	var src, dst tcpip.Address
+	switch pkt.NetworkProtocolNumber {
+	case ipv4.ProtocolNumber:
+		if len(nh) < header.IPv4MinimumSize {
+			return s, false
+		}
+		src, dst = header.IPv4(nh).SourceAddress(), header.IPv4(nh).DestinationAddress()
+	case ipv6.ProtocolNumber:
+		if len(nh) < header.IPv6MinimumSize {
+			return s, false
+		}
+		src, dst = header.IPv6(nh).SourceAddress(), header.IPv6(nh).DestinationAddress()
+	default:
+		return s, false
+	}
+	s, ok = parseTCP(pkt.NetworkProtocolNumber, src, dst, th, false)
+	s.payload = pkt.Data().Size()
+	return s, ok
+}
+
+// checksumValid reports whether the TCP checksum of s is right.
+func (s *seg) checksumValid() bool {
+	return s.tcp.CalculateChecksum(checksum.Checksum(s.tcp[s.tcp.DataOffset():], s.pseudo)) == 0xffff
+}
+
+// seqLen is the sequence space s takes: its payload, plus one each for SYN
+// and FIN.
+func (s *seg) seqLen() uint32 {
+	n := uint32(s.payload)
+	if s.flags.Contains(header.TCPFlagSyn) {
+		n++
+	}
+	if s.flags.Contains(header.TCPFlagFin) {
+		n++
+	}
+	return n
+}
+
+// rewriteSeq sets the sequence number of s in place, updating the checksum
+// incrementally (RFC 1624).
+func (s *seg) rewriteSeq(v uint32) {
+	old := s.tcp.SequenceNumber()
+	s.tcp.SetSequenceNumber(v)
+	s.tcp.SetChecksum(updateChecksum32(s.tcp.Checksum(), old, v))
+}
+
+// rewriteAck sets the acknowledgment number of s in place, updating the
+// checksum incrementally.
+func (s *seg) rewriteAck(v uint32) {
+	old := s.tcp.AckNumber()
+	s.tcp.SetAckNumber(v)
+	s.tcp.SetChecksum(updateChecksum32(s.tcp.Checksum(), old, v))
+}
+
+// updateChecksum32 returns the Internet checksum sum after a 32-bit field
+// changes from old to new: HC' = ~(~HC + ~m + m') per RFC 1624, applied to
+// both 16-bit halves.
+func updateChecksum32(sum uint16, old, new uint32) uint16 {
+	x := ^sum
+	x = checksum.Combine(x, ^uint16(old>>16))
+	x = checksum.Combine(x, ^uint16(old))
+	x = checksum.Combine(x, uint16(new>>16))
+	x = checksum.Combine(x, uint16(new))
+	return ^x
+}
+
+// tcpSpec describes a segment the gate writes itself.
+type tcpSpec struct {
+	proto    tcpip.NetworkProtocolNumber
+	src, dst tcpip.Address
+	sport    uint16
+	dport    uint16
+	seq, ack uint32
+	flags    header.TCPFlags
+	window   uint16
+	mss      uint16 // an MSS option when not zero
+}
+
+// build returns the bytes of an IPv4 or IPv6 packet carrying the segment.
+func (t tcpSpec) build() []byte {
+	optLen := 0
+	if t.mss != 0 {
+		optLen = header.TCPOptionMSSLength
+	}
+	tcpLen := header.TCPMinimumSize + optLen
+	ipLen := header.IPv4MinimumSize
+	if t.proto == ipv6.ProtocolNumber {
+		ipLen = header.IPv6MinimumSize
+	}
+	b := make([]byte, ipLen+tcpLen)
+	if t.proto == ipv6.ProtocolNumber {
+		header.IPv6(b).Encode(&header.IPv6Fields{
+			PayloadLength:     uint16(tcpLen),
+			TransportProtocol: header.TCPProtocolNumber,
+			HopLimit:          64,
+			SrcAddr:           t.src,
+			DstAddr:           t.dst,
+		})
+	} else {
+		ip := header.IPv4(b)
+		ip.Encode(&header.IPv4Fields{
+			TotalLength: uint16(len(b)),
+			TTL:         64,
+			Protocol:    uint8(header.TCPProtocolNumber),
+			SrcAddr:     t.src,
+			DstAddr:     t.dst,
+		})
+		ip.SetChecksum(^ip.CalculateChecksum())
+	}
+	tcp := header.TCP(b[ipLen:])
+	tcp.Encode(&header.TCPFields{
+		SrcPort:    t.sport,
+		DstPort:    t.dport,
+		SeqNum:     t.seq,
+		AckNum:     t.ack,
+		DataOffset: uint8(tcpLen),
+		Flags:      t.flags,
+		WindowSize: t.window,
+	})
+	if t.mss != 0 {
+		header.EncodeMSSOption(uint32(t.mss), tcp[header.TCPMinimumSize:])
+	}
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, t.src, t.dst, uint16(tcpLen))
+	tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
+	return b
+}
+
+// resetFor returns the RST a TCP sends in answer to s (RFC 9293 section
+// 3.10.7.1): with the acknowledgment s carries as its sequence number if s
+// has ACK set, otherwise with sequence 0 acknowledging all of s.
+func resetFor(s *seg) tcpSpec {
+	r := tcpSpec{
+		proto: s.proto,
+		src:   s.id.LocalAddress, dst: s.id.RemoteAddress,
+		sport: s.id.LocalPort, dport: s.id.RemotePort,
+	}
+	if s.flags.Contains(header.TCPFlagAck) {
+		r.seq = s.ack
+		r.flags = header.TCPFlagRst
+	} else {
+		r.ack = s.seq + s.seqLen()
+		r.flags = header.TCPFlagRst | header.TCPFlagAck
+	}
+	return r
+}
+
+// newPacket wraps bytes in a packet buffer the stack can take.
+func newPacket(b []byte) *stack.PacketBuffer {
+	return stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
+}
+
+// protoOf returns the network protocol of an IP packet's bytes.
+func protoOf(b []byte) tcpip.NetworkProtocolNumber {
+	if len(b) > 0 && b[0]>>4 == 6 {
+		return ipv6.ProtocolNumber
+	}
+	return ipv4.ProtocolNumber
+}
