@@ -77,7 +77,7 @@ type pending struct {
 	timer      tcpip.Timer
 	ep         tcpip.Endpoint // the established endpoint, once delivered
 	wq         *waiter.Queue
-	delivered  chan struct{}  // closed on delivery or death
+	delivered  chan struct{} // closed on delivery or death
 	cookieBorn bool
 }
 
@@ -110,8 +110,8 @@ type effects struct {
 	abort []tcpip.Endpoint
 }
 
-func (fx *effects) inject(t tcpSpec)  { fx.in = append(fx.in, t) }
-func (fx *effects) send(b []byte)     { fx.out = append(fx.out, b) }
+func (fx *effects) inject(t tcpSpec)   { fx.in = append(fx.in, t) }
+func (fx *effects) send(b []byte)      { fx.out = append(fx.out, b) }
 func (fx *effects) sendSpec(t tcpSpec) { fx.out = append(fx.out, t.build()) }
 
 // apply carries out fx. The caller must not hold g.mu.

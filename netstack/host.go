@@ -88,6 +88,13 @@ func (h *Host) addr(v6 bool) (netip.Addr, bool) {
 // wrap.
 func (h *Host) Stack() *stack.Stack { return h.stack }
 
+// Close shuts the host down: its connections and listeners end and its
+// goroutines stop. Hosts of a Network are closed with the network.
+func (h *Host) Close() error {
+	h.close()
+	return nil
+}
+
 func (h *Host) close() {
 	h.closeOnce.Do(func() {
 		h.gate.close()
@@ -153,6 +160,12 @@ func resolve(network, address string) (tcpip.FullAddress, tcpip.NetworkProtocolN
 // reset one syscall.ECONNRESET, one that timed out in TCP
 // syscall.ETIMEDOUT; when ctx ends first, the error wraps ctx.Err().
 func (h *Host) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	return h.DialFrom(ctx, network, "", address)
+}
+
+// DialFrom is Dial from the local address laddr ("host:port"; an empty
+// host or port 0 lets the host choose).
+func (h *Host) DialFrom(ctx context.Context, network, laddr, address string) (net.Conn, error) {
 	opErr := func(err error) error {
 		return &net.OpError{Op: "dial", Net: network, Addr: stringAddr{network, address}, Err: err}
 	}
@@ -167,6 +180,18 @@ func (h *Host) Dial(ctx context.Context, network, address string) (net.Conn, err
 	ep, terr := h.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
 	if terr != nil {
 		return nil, opErr(errnoOf(terr, "socket"))
+	}
+	if laddr != "" {
+		la, _, err := resolve(network, laddr)
+		if err != nil {
+			ep.Close()
+			return nil, opErr(err)
+		}
+		ep.SocketOptions().SetReuseAddress(true)
+		if terr := ep.Bind(la); terr != nil {
+			ep.Close()
+			return nil, opErr(errnoOf(terr, "bind"))
+		}
 	}
 	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
 	wq.EventRegister(&entry)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -69,4 +70,25 @@ func TestEcho(t *testing.T) {
 		t.Errorf("stats %+v; want 2 queued and accepted", s)
 	}
 	_ = net.ErrClosed
+}
+
+func TestHostCloseFreesItsAddresses(t *testing.T) {
+	n := NewNetwork(nil)
+	defer n.Close()
+	a := netip.MustParseAddr("10.1.2.3")
+	h, err := n.NewHost(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.NewHost(a); err == nil {
+		t.Fatal("two hosts got 10.1.2.3")
+	}
+	h.Close()
+	if _, err := n.NewHost(a); err != nil {
+		t.Fatalf("after Close, the address is still taken: %v", err)
+	}
+	n.Close()
+	if _, err := n.NewHost(); err != ErrNetworkClosed {
+		t.Errorf("NewHost on a closed network: %v; want ErrNetworkClosed", err)
+	}
 }

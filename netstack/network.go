@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -42,6 +43,9 @@ type Network struct {
 	// dropped counts packets dropped because a host's queue was full or
 	// their destination unknown.
 	dropped atomic.Uint64
+
+	// tap, if set, sees every packet sent on the network, before delivery.
+	tap atomic.Pointer[func(b []byte)]
 }
 
 // NewNetwork returns an empty network.
@@ -111,6 +115,7 @@ func (n *Network) NewHost(addrs ...netip.Addr) (*Host, error) {
 		n.hosts[addrOf(a)] = h
 	}
 	n.all = append(n.all, h)
+	h.onClose = func() { n.forget(h) }
 	p.wg.Add(1)
 	go p.pump()
 	return h, nil
@@ -137,8 +142,23 @@ func (n *Network) Close() error {
 	return nil
 }
 
+// forget removes a closed host, freeing its addresses.
+func (n *Network) forget(h *Host) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for a, x := range n.hosts {
+		if x == h {
+			delete(n.hosts, a)
+		}
+	}
+	n.all = slices.DeleteFunc(n.all, func(x *Host) bool { return x == h })
+}
+
 // deliver queues b for the host that has dst.
 func (n *Network) deliver(dst tcpip.Address, b []byte) {
+	if tap := n.tap.Load(); tap != nil {
+		(*tap)(b)
+	}
 	n.mu.RLock()
 	h := n.hosts[dst]
 	n.mu.RUnlock()

@@ -1,0 +1,90 @@
+package netstack
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
+	"gvisor.dev/gvisor/pkg/tcpip/link/tun"
+)
+
+// TUNConfig configures AttachTUN.
+type TUNConfig struct {
+	// Name is the TUN device, created if it does not exist ("tun0").
+	Name string
+	// Addrs are the user-space host's addresses. At least one is needed.
+	Addrs []netip.Addr
+	// MTU is the link MTU; zero means 1500.
+	MTU uint32
+	// Clock drives the host's timers; nil means the real clock.
+	Clock tcpip.Clock
+}
+
+// AttachTUN returns a host whose link is a TUN device, so that programs using
+// the kernel's TCP reach its listeners. The device is opened (or created) in
+// the network namespace of the calling thread and brought up; routing the
+// host's addresses to it is the caller's, for example
+// "ip addr add 198.18.0.1/15 dev tun0" when the host has 198.18.0.2. Needs
+// CAP_NET_ADMIN. Close the host with Host.Close.
+func AttachTUN(cfg TUNConfig) (*Host, error) {
+	if cfg.Name == "" {
+		return nil, fmt.Errorf("netstack: AttachTUN needs a device name")
+	}
+	if len(cfg.Addrs) == 0 {
+		return nil, fmt.Errorf("netstack: AttachTUN needs the host's addresses")
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1500
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = tcpip.NewStdClock()
+	}
+	fd, err := tun.Open(cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: opening TUN device %s: %w", cfg.Name, err)
+	}
+	if err := linkUp(cfg.Name, cfg.MTU); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	link, err := fdbased.New(&fdbased.Options{FDs: []int{fd}, MTU: cfg.MTU})
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netstack: TUN link: %w", err)
+	}
+	h, err := newHost(cfg.Clock, link, cfg.MTU, cfg.Addrs, func() { unix.Close(fd) })
+	if err != nil {
+		link.Close()
+		unix.Close(fd)
+		return nil, err
+	}
+	return h, nil
+}
+
+// linkUp sets the device's MTU and brings it up (SIOCSIFMTU, SIOCSIFFLAGS).
+func linkUp(name string, mtu uint32) error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(s)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	ifr.SetUint32(mtu)
+	if err := unix.IoctlIfreq(s, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("netstack: setting MTU of %s: %w", name, err)
+	}
+	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("netstack: reading flags of %s: %w", name, err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("netstack: bringing %s up: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,119 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/backlog-dev/backlog"
+)
+
+// tunHost attaches a user-space host at 198.18.0.2 to a TUN device in a new
+// namespace, whose kernel has 198.18.0.1/15 on the device.
+func tunHost(t *testing.T) (ns string, h *Host) {
+	t.Helper()
+	requireRoot(t)
+	ns = newNetns(t)
+	inNetns(t, ns, func() {
+		var err error
+		h, err = AttachTUN(TUNConfig{Name: "tun0", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.2")}})
+		if err != nil {
+			t.Errorf("AttachTUN: %v", err)
+		}
+	})
+	if h == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { h.Close() })
+	run(t, "ip", "-n", ns, "addr", "add", "198.18.0.1/15", "dev", "tun0")
+	return ns, h
+}
+
+// kernelDial connects from the namespace with the kernel's TCP.
+func kernelDial(t *testing.T, ns, addr string, timeout time.Duration) (c net.Conn, err error) {
+	t.Helper()
+	inNetns(t, ns, func() {
+		// The socket is created here, in the namespace; the connect may
+		// finish on any thread.
+		c, err = (&net.Dialer{Timeout: timeout}).Dial("tcp", addr)
+	})
+	return c, err
+}
+
+// TestTUNKernelClientRefused: kernel clients in a namespace connect over TUN
+// to a Windows NT 4.0 Workstation listener with backlog 2; the third gets
+// ECONNREFUSED from its own kernel, at once.
+func TestTUNKernelClientRefused(t *testing.T) {
+	ns, h := tunHost(t)
+	l, err := h.Listen(context.Background(), "tcp", ":80", &ListenConfig{Personality: backlog.MustLookup("winnt4-workstation"), Backlog: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 0; i < 2; i++ {
+		c, err := kernelDial(t, ns, "198.18.0.2:80", 5*time.Second)
+		if err != nil {
+			t.Fatalf("kernel client %d: %v", i, err)
+		}
+		defer c.Close()
+	}
+	start := time.Now()
+	_, err = kernelDial(t, ns, "198.18.0.2:80", 5*time.Second)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("third kernel client: %v; want ECONNREFUSED", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("refusal took %v; it should be at once", d)
+	}
+}
+
+// TestTUNKernelClientIgnoredThenServed: under the linux personality the
+// kernel client beyond N+1 hears nothing, retransmits its SYN, and gets in
+// once the application accepts; data then flows both ways.
+func TestTUNKernelClientIgnoredThenServed(t *testing.T) {
+	ns, h := tunHost(t)
+	l, err := h.Listen(context.Background(), "tcp", ":80", &ListenConfig{Personality: backlog.MustLookup("linux"), Backlog: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 0; i < 2; i++ {
+		c, err := kernelDial(t, ns, "198.18.0.2:80", 5*time.Second)
+		if err != nil {
+			t.Fatalf("kernel client %d: %v", i, err)
+		}
+		defer c.Close()
+	}
+	if _, err := kernelDial(t, ns, "198.18.0.2:80", 500*time.Millisecond); err == nil {
+		t.Fatal("third kernel client connected; the queue (N+1 = 2) was full")
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	c, err := kernelDial(t, ns, "198.18.0.2:80", 10*time.Second)
+	if err != nil {
+		t.Fatalf("kernel client after accepts: %v", err)
+	}
+	defer c.Close()
+	msg := make([]byte, 200_000)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	go c.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+		t.Fatalf("echo over TUN: %v", err)
+	}
+}
