@@ -1,6 +1,9 @@
 package backlog
 
-import "net"
+import (
+	"math"
+	"net"
+)
 
 // A Listener is a net.Listener whose pending-connection queue can be read
 // and resized: what both transports (package kernel and package netstack)
@@ -19,3 +22,9 @@ type Listener interface {
 	// what it can observe and leaves the rest zero.
 	Stats() Stats
 }
+
+// ZeroBacklog, as the Backlog of a kernel or netstack ListenConfig, asks for
+// a backlog of exactly 0. A Backlog of 0 there means the system's default
+// (its largest), as it does for net.Listen, since Go's own listeners offer no
+// other way to ask.
+const ZeroBacklog = math.MinInt

@@ -30,8 +30,8 @@ type ListenConfig struct {
 	Personality backlog.Personality
 	// Backlog is the backlog passed to listen(), clamped as the
 	// personality says. Zero means the largest the personality allows,
-	// which is what Go's net.Listen asks for; a literal 0 can be set
-	// afterwards with SetBacklog(0).
+	// which is what Go's net.Listen asks for; backlog.ZeroBacklog asks for
+	// 0 itself.
 	Backlog int
 }
 
@@ -82,8 +82,11 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	if c.Personality.Name == "" {
 		c.Personality = backlog.Host()
 	}
-	if c.Backlog == 0 {
+	switch c.Backlog {
+	case 0:
 		c.Backlog = math.MaxInt32
+	case backlog.ZeroBacklog:
+		c.Backlog = 0
 	}
 	opErr := func(err error) error {
 		return &net.OpError{Op: "listen", Net: network, Addr: stringAddr{network, address}, Err: err}

@@ -139,10 +139,7 @@ func TestKB295079OnTheWire(t *testing.T) {
 // anything, retransmits its SYN, and connects once a slot is free.
 func TestIgnoredClientConnectsLater(t *testing.T) {
 	_, srv, cli := pair(t, nil)
-	l := listen(t, srv, "linux", 1)
-	if err := l.SetBacklog(0); err != nil { // a literal 0: capacity 1
-		t.Fatal(err)
-	}
+	l := listen(t, srv, "linux", backlog.ZeroBacklog)
 	if l.Capacity() != 1 {
 		t.Fatalf("capacity %d after SetBacklog(0); want 1", l.Capacity())
 	}
