@@ -1,0 +1,23 @@
+//go:build !linux
+
+package kernel
+
+import "runtime"
+
+// Sockets fails with an error wrapping errors.ErrUnsupported: only Linux
+// has sock_diag.
+func Sockets() ([]Socket, error) {
+	return nil, unsupported("listing listening sockets on " + runtime.GOOS)
+}
+
+// SocketByInode fails with an error wrapping errors.ErrUnsupported: only
+// Linux has sock_diag.
+func SocketByInode(uint64) (Socket, error) {
+	return Socket{}, unsupported("reading a socket by inode on " + runtime.GOOS)
+}
+
+// ReadCounters fails with an error wrapping errors.ErrUnsupported: only
+// Linux exposes these counters in /proc/net/netstat.
+func ReadCounters() (Counters, error) {
+	return Counters{}, unsupported("reading listen counters on " + runtime.GOOS)
+}

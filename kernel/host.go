@@ -1,0 +1,93 @@
+package kernel
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"strconv"
+)
+
+// Counters are the namespace-wide TCP counters about listen queues, named
+// as in the TcpExt lines of /proc/net/netstat (net/ipv4/proc.c
+// snmp4_net_list), which Linux keeps per network namespace. They only grow;
+// Sub gives the change between two readings.
+type Counters struct {
+	// ListenOverflows counts SYNs and final ACKs that found an accept queue
+	// full (net/ipv4/tcp_input.c tcp_conn_request, net/ipv4/tcp_ipv4.c
+	// tcp_v4_syn_recv_sock).
+	ListenOverflows uint64 `json:"listen_overflows"`
+	// ListenDrops counts everything a listener dropped, overflows included
+	// (include/net/tcp.h tcp_listendrop).
+	ListenDrops uint64 `json:"listen_drops"`
+	// TCPReqQFullDrop counts SYNs dropped because the SYN queue was full
+	// and SYN cookies were off (net/ipv4/tcp_input.c tcp_syn_flood_action).
+	TCPReqQFullDrop uint64 `json:"tcp_req_q_full_drop"`
+	// TCPReqQFullDoCookies counts SYNs answered with a cookie because the
+	// SYN queue was full or cookies are always on.
+	TCPReqQFullDoCookies uint64 `json:"tcp_req_q_full_do_cookies"`
+	// SyncookiesSent counts SYN cookies sent.
+	SyncookiesSent uint64 `json:"syncookies_sent"`
+	// SyncookiesRecv counts valid SYN-cookie ACKs received.
+	SyncookiesRecv uint64 `json:"syncookies_recv"`
+	// SyncookiesFailed counts ACKs that carried an invalid SYN cookie.
+	SyncookiesFailed uint64 `json:"syncookies_failed"`
+}
+
+// Sub returns c minus prev, field by field: what happened between two
+// readings.
+func (c Counters) Sub(prev Counters) Counters {
+	return Counters{
+		ListenOverflows:      c.ListenOverflows - prev.ListenOverflows,
+		ListenDrops:          c.ListenDrops - prev.ListenDrops,
+		TCPReqQFullDrop:      c.TCPReqQFullDrop - prev.TCPReqQFullDrop,
+		TCPReqQFullDoCookies: c.TCPReqQFullDoCookies - prev.TCPReqQFullDoCookies,
+		SyncookiesSent:       c.SyncookiesSent - prev.SyncookiesSent,
+		SyncookiesRecv:       c.SyncookiesRecv - prev.SyncookiesRecv,
+		SyncookiesFailed:     c.SyncookiesFailed - prev.SyncookiesFailed,
+	}
+}
+
+// A Socket is one listening TCP socket of the host, as Sockets reports it.
+type Socket struct {
+	// Addr is the local address and port. A socket that listens on both
+	// IPv4 and IPv6 has the IPv6 wildcard here and DualStack set.
+	Addr      netip.AddrPort `json:"addr"`
+	DualStack bool           `json:"dual_stack,omitempty"`
+	// Inode is the socket's inode number: "socket:[inode]" in /proc/PID/fd.
+	Inode uint64 `json:"inode"`
+	// UID owns the socket.
+	UID uint32 `json:"uid"`
+	// Len is how many completed connections wait for accept() (ss Recv-Q).
+	Len int `json:"queued_now"`
+	// Backlog is the stored backlog (ss Send-Q).
+	Backlog int `json:"backlog"`
+	// Drops is the socket's own drop count (ss -m, d).
+	Drops uint64 `json:"drops"`
+	// PID and Process are the process holding the socket (the lowest PID
+	// when several share it) and its name (/proc/PID/comm), or 0 and "" when
+	// no holder could be read.
+	PID     int    `json:"pid"`
+	Process string `json:"process"`
+}
+
+// String formats the socket's address as ss does: "*:80" for a dual-stack
+// wildcard, "0.0.0.0:80", "[::1]:80".
+func (s Socket) String() string {
+	if s.DualStack {
+		return "*:" + strconv.Itoa(int(s.Addr.Port()))
+	}
+	return s.Addr.String()
+}
+
+// sortSockets orders sockets by port, then address, then inode.
+func sortSockets(s []Socket) {
+	slices.SortFunc(s, func(a, b Socket) int {
+		if c := cmp.Compare(a.Addr.Port(), b.Addr.Port()); c != 0 {
+			return c
+		}
+		if c := a.Addr.Addr().Compare(b.Addr.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Inode, b.Inode)
+	})
+}
