@@ -114,17 +114,16 @@ func attrs(b []byte, f func(typ uint16, data []byte)) {
 	}
 }
 
-// listeners dumps the listening TCP sockets of one address family. A
-// non-zero port limits the dump to sockets bound to it, a filter the kernel
-// applies itself (net/ipv4/inet_diag.c, the listener loop compares
-// idiag_sport).
-func listeners(family uint8, port uint16, visit func(diagEntry)) error {
+// listeners dumps the listening TCP sockets of one address family. Asking
+// for the listening state alone makes the kernel walk its listening hash
+// only, not the established connections (net/ipv4/inet_diag.c
+// inet_diag_dump_icsk).
+func listeners(family uint8, visit func(diagEntry)) error {
 	req := make([]byte, inetDiagReqV2Len)
 	req[0] = family
 	req[1] = unix.IPPROTO_TCP
 	req[2] = 1 << (inetDiagSKMemInfo - 1)
 	native.PutUint32(req[4:], 1<<tcpListen)
-	binary.BigEndian.PutUint16(req[8:], port)
 	var perr error
 	err := sockDiag(req, true, func(m []byte) {
 		if len(m) < inetDiagMsgLen {
@@ -139,7 +138,7 @@ func listeners(family uint8, port uint16, visit func(diagEntry)) error {
 			uid:    native.Uint32(m[64:]),
 			inode:  uint64(native.Uint32(m[68:])),
 		}
-		if m[1] != tcpListen || (port != 0 && e.port != port) {
+		if m[1] != tcpListen {
 			return
 		}
 		if e.family == unix.AF_INET {
@@ -164,11 +163,11 @@ func listeners(family uint8, port uint16, visit func(diagEntry)) error {
 }
 
 // allListeners dumps the listening TCP sockets of both families.
-func allListeners(port uint16, visit func(diagEntry)) error {
-	if err := listeners(unix.AF_INET, port, visit); err != nil {
+func allListeners(visit func(diagEntry)) error {
+	if err := listeners(unix.AF_INET, visit); err != nil {
 		return err
 	}
-	err := listeners(unix.AF_INET6, port, visit)
+	err := listeners(unix.AF_INET6, visit)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EAFNOSUPPORT) {
 		// No IPv6 in this kernel: nothing listens there.
 		return nil
@@ -200,7 +199,7 @@ func (e diagEntry) socket() Socket {
 // privilege) has PID 0. The result is sorted by port, then address.
 func Sockets() ([]Socket, error) {
 	var out []Socket
-	err := allListeners(0, func(e diagEntry) { out = append(out, e.socket()) })
+	err := allListeners(func(e diagEntry) { out = append(out, e.socket()) })
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +221,7 @@ func SocketByInode(inode uint64) (Socket, error) {
 		s     Socket
 		found bool
 	)
-	err := allListeners(0, func(e diagEntry) {
+	err := allListeners(func(e diagEntry) {
 		if e.inode == inode && !found {
 			s, found = e.socket(), true
 		}

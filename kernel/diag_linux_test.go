@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/kernel"
 )
 
@@ -23,7 +24,7 @@ func TestSocketsMatchSS(t *testing.T) {
 		listen(t, &kernel.ListenConfig{Backlog: 7}, "tcp4", "127.0.0.1:0"),
 		listen(t, &kernel.ListenConfig{Backlog: 3}, "tcp6", "[::1]:0"),
 		listen(t, &kernel.ListenConfig{Backlog: 11}, "tcp", ":0"),
-		listen(t, &kernel.ListenConfig{Backlog: kernel.ZeroBacklog}, "tcp6", "[::]:0"),
+		listen(t, &kernel.ListenConfig{Backlog: backlog.ZeroBacklog}, "tcp6", "[::]:0"),
 	}
 	fill(t, lns[0], 2, dropWait)
 	fill(t, lns[3], 3, dropWait) // 1 queued, 2 dropped
@@ -125,7 +126,7 @@ func TestSocketsPerNamespace(t *testing.T) {
 				ipE++
 			}
 		}
-		ln, err = kernel.Listen("tcp4", addr, kernel.ZeroBacklog)
+		ln, err = kernel.Listen("tcp4", addr, backlog.ZeroBacklog)
 		if err != nil {
 			return
 		}

@@ -190,8 +190,8 @@ func TestEmulationRelistenFails(t *testing.T) {
 	dialAll(t, ln, 4)
 	err := ln.SetBacklog(1)
 	var op *net.OpError
-	if !errors.Is(err, backlog.ErrRelisten) || !errors.As(err, &op) {
-		t.Errorf("SetBacklog(1) with 4 waiting: %v; want a *net.OpError wrapping backlog.ErrRelisten", err)
+	if !errors.Is(err, backlog.ErrRelisten) || !errors.Is(err, syscall.EINVAL) || !errors.As(err, &op) {
+		t.Errorf("SetBacklog(1) with 4 waiting: %v; want a *net.OpError wrapping backlog.ErrRelisten and EINVAL", err)
 	}
 	if got := ln.Backlog(); got != 5 {
 		t.Errorf("Backlog after the failed listen(): %d; want 5", got)

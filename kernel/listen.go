@@ -40,8 +40,9 @@
 //
 // On FreeBSD the backlog is exact and read back with SO_LISTENQLIMIT and
 // SO_LISTENQLEN (sys/kern/uipc_socket.c sogetopt). On macOS it is exact, but
-// XNU offers no read-back, so Backlog computes it from kern.ipc.somaxconn
-// with the rules of backlog.Darwin and the queue length is unknown. On
+// XNU has no socket option that reads it back, so Backlog computes it from
+// kern.ipc.somaxconn with the rules of backlog.Darwin and the queue length
+// reads 0. Sockets, SocketByInode and ReadCounters are Linux only. On
 // Windows and the remaining systems Go's runtime owns socket creation, so
 // only the default backlog (0) is available, Backlog reports the documented
 // value (backlog.Windows on Windows), and SetBacklog fails with an error
@@ -58,10 +59,10 @@
 // This differs from the real system, and from package netstack, in ways no
 // user-space code can avoid: the kernel has already completed the handshake,
 // so a client that a real system would refuse sees its connect() succeed and
-// then a reset (ECONNRESET on its first read or write) instead of
-// ECONNREFUSED; a client the system would ignore also gets that reset instead
-// of silence and a SYN retransmission; and nothing is ever half-open in the
-// queue, so SYN-queue limits, SYN cookies and the eviction of half-open
+// then a reset (ECONNRESET on its first read or write, or from connect itself
+// when the reset outruns it) instead of ECONNREFUSED; a client the system
+// would ignore also gets that reset instead of silence and a SYN
+// retransmission; and nothing is ever half-open in the queue, so SYN-queue limits, SYN cookies and the eviction of half-open
 // connections (macOS) are not reproduced. Stored backlog, capacity, the
 // outcome of a full queue for completed connections, listen() again (reset
 // the excess, refuse to shrink, keep the old value) and the KB 295079
@@ -69,14 +70,21 @@
 //
 // # Running out of descriptors
 //
-// When accept() fails with EMFILE or ENFILE (or ENOBUFS, ENOMEM), Accept does
-// not return the error: it waits, 5 ms at first and doubling to 1 s, and
-// tries again, so a server keeps its listener, burns no CPU, and resumes on
-// its own once descriptors are back; Close and deadlines still end the wait.
-// With ListenConfig.ShedLoad it also keeps a spare descriptor: while none is
-// free it closes the spare, accepts the waiting client, resets it and reopens
-// the spare, so clients get a prompt reset instead of hanging; the sheds are
-// counted in Stats.Shed.
+// When accept() fails with EMFILE or ENFILE (or ENOBUFS, ENOMEM) on Linux or
+// a BSD, Accept does not return the error: it waits, 5 ms at first and
+// doubling to 1 s, and tries again, so a server keeps its listener, burns no
+// CPU, and resumes on its own once descriptors are back; Close and deadlines
+// still end the wait. Linux fails accept() for want of a descriptor before
+// it looks at the queue (net/socket.c __sys_accept4_file calls
+// get_unused_fd_flags first), so without the wait a retrying server would
+// spin. With ListenConfig.ShedLoad
+// the listener also keeps a spare descriptor: while none is free it closes
+// the spare, accepts the next client (waiting for one in the network poller),
+// resets it and reopens the spare, so clients get a prompt reset instead of
+// hanging; the sheds are counted in Stats.Shed. A client that arrives once
+// descriptors are back is served instead. With a Personality whose slots
+// need descriptors (backlog.Personality.SlotsNeedDescriptors), the emulated
+// queue is told when descriptors run out and come back.
 package kernel
 
 import (
@@ -95,11 +103,6 @@ import (
 	"github.com/backlog-dev/backlog"
 )
 
-// ZeroBacklog, as ListenConfig.Backlog, asks listen() for a backlog of
-// exactly 0 (one waiting connection on Linux). A Backlog of 0 means the
-// system default instead, as it does for net.Listen.
-const ZeroBacklog = math.MinInt
-
 // MaxBacklog, as a backlog, asks for the largest backlog the system allows:
 // every system this package supports turns a negative request into its
 // maximum (net.core.somaxconn on Linux, kern.ipc.somaxconn on BSDs).
@@ -110,10 +113,11 @@ const MaxBacklog = -1
 type ListenConfig struct {
 	// Backlog is passed to listen() exactly, with values beyond the range of
 	// a C int saturated rather than truncated. Zero means the system
-	// default, as net.Listen picks it (net.core.somaxconn on Linux);
-	// ZeroBacklog asks for 0 itself, and negative values (MaxBacklog) or
-	// values above the system maximum, such as SOMAXCONN, ask for the
-	// maximum.
+	// default, as net.Listen picks it (net.core.somaxconn on Linux), or
+	// with a Personality the largest backlog it allows;
+	// backlog.ZeroBacklog asks for 0 itself (one waiting connection on
+	// Linux). Negative values (MaxBacklog) and values above the system
+	// maximum, such as SOMAXCONN, ask for the maximum.
 	Backlog int
 
 	// ReusePort sets SO_REUSEPORT before bind, so several listeners can
@@ -177,8 +181,8 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	switch {
 	case lc.Personality != nil:
 		if requested == 0 {
-			requested = lc.Personality.SOMAXCONN
-		} else if requested == ZeroBacklog {
+			requested = math.MaxInt32 // Personality.Maximum
+		} else if requested == backlog.ZeroBacklog {
 			requested = 0
 		}
 		// The kernel queue only has to hold connections until the
@@ -187,11 +191,13 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	case requested == 0:
 		requested = defaultBacklog()
 		kernelRequest, exact = requested, false
-	case requested == ZeroBacklog:
+	case requested == backlog.ZeroBacklog:
 		requested, kernelRequest = 0, 0
 	}
+	var q *backlog.Queue[net.Conn]
 	if lc.Personality != nil {
-		if err := lc.Personality.Validate(); err != nil {
+		var err error
+		if q, err = backlog.NewQueue[net.Conn](*lc.Personality, requested); err != nil {
 			return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 		}
 	}
@@ -212,18 +218,10 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	}
 	l.requested.Store(int64(requested))
 	l.stored.Store(int64(sys.computed(kernelRequest)))
-	if lc.Personality != nil {
-		q, err := backlog.NewQueue[net.Conn](*lc.Personality, requested)
-		if err != nil {
-			ln.Close()
-			sys.close()
-			return nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: err}
-		}
+	if q != nil {
 		l.emu = &emulation{q: q}
 		l.emu.wg.Add(1)
 		go l.emulate()
-		l.warnIfClamped(requested, q.Backlog())
-		return l, nil
 	}
 	l.warnIfClamped(requested, l.Backlog())
 	return l, nil
@@ -334,20 +332,22 @@ func (l *Listener) Backlog() int {
 }
 
 // SetBacklog calls listen() again with n, passed exactly as a
-// ListenConfig.Backlog is except that 0 means 0. On Linux, and on the BSDs,
-// this only stores the new backlog: connections already waiting stay,
-// however many there are, and new ones wait until accept() has brought the
-// queue below the new limit. With a Personality the emulated system's rule
-// applies instead (backlog.Relisten): waiting connections beyond the new
-// backlog may be reset, or the call may fail with an error wrapping
-// backlog.ErrRelisten.
+// ListenConfig.Backlog is except that 0 means 0 (as does
+// backlog.ZeroBacklog). On Linux, and on the BSDs, this only stores the new
+// backlog (net/ipv4/af_inet.c inet_listen; FreeBSD sys/kern/uipc_socket.c
+// solisten_proto): connections already waiting stay, however many there
+// are, and new ones wait until accept() has brought the queue below the new
+// limit. With a Personality the emulated system's rule applies instead
+// (backlog.Relisten): waiting connections beyond the new backlog may be
+// reset, or the call may fail with an error wrapping both
+// backlog.ErrRelisten and syscall.EINVAL, as gVisor fails.
 func (l *Listener) SetBacklog(n int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		return l.opError("listen", net.ErrClosed)
 	}
-	if n == ZeroBacklog {
+	if n == backlog.ZeroBacklog {
 		n = 0
 	}
 	if l.emu != nil {
@@ -356,7 +356,8 @@ func (l *Listener) SetBacklog(n int) error {
 			abort(c)
 		}
 		if err != nil {
-			return l.opError("listen", err)
+			// gVisor answers EINVAL (backlog.GVisor).
+			return l.opError("listen", fmt.Errorf("%w: %w", os.NewSyscallError("listen", syscall.EINVAL), err))
 		}
 		l.warnIfClamped(n, l.emu.q.Backlog())
 		return nil
@@ -380,8 +381,8 @@ func (l *Listener) SetBacklog(n int) error {
 // Personality the queue's own statistics are returned, with the kernel's
 // drops and the sheds added.
 //
-// It costs one system call on Linux (getsockopt TCP_INFO and SO_MEMINFO
-// under one lock), cheap enough to call many times a second.
+// It costs two getsockopt calls on Linux (TCP_INFO and SO_MEMINFO), about
+// two microseconds: cheap enough to call many times a second.
 func (l *Listener) Stats() backlog.Stats {
 	s, _ := l.KernelStats()
 	return s.Stats

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/kernel"
 	"golang.org/x/sys/unix"
 )
@@ -33,7 +34,7 @@ func TestBacklogHoldsNPlusOne(t *testing.T) {
 		network, addr string
 		backlog, want int
 	}{
-		{"tcp4", "127.0.0.1:0", kernel.ZeroBacklog, 0},
+		{"tcp4", "127.0.0.1:0", backlog.ZeroBacklog, 0},
 		{"tcp4", "127.0.0.1:0", 1, 1},
 		{"tcp4", "127.0.0.1:0", 5, 5},
 		{"tcp6", "[::1]:0", 3, 3},

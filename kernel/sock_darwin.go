@@ -28,8 +28,9 @@ func newSocket(family, sotype int) (int, error) {
 }
 
 // queue computes the stored backlog from kern.ipc.somaxconn with XNU's
-// clamp (backlog.Darwin): XNU has no socket option that reports so_qlimit
-// or so_qlen, so the length reads 0 and ReadBack is false.
+// clamp (backlog.Darwin, bsd/kern/uipc_socket.c solisten): XNU has no socket
+// option that reports so_qlimit or so_qlen, so the length reads 0 and
+// ReadBack is false.
 func (s *sysListener) queue() (queueState, error) {
 	return queueState{Backlog: s.computed(int(s.requested.Load()))}, nil
 }

@@ -193,10 +193,9 @@ func (lc *ListenConfig) sysListen(ctx context.Context, network, address string, 
 		return nil, nil, &net.OpError{Op: "listen", Net: network, Addr: e.netAddr(), Err: err}
 	}
 	if lc.ShedLoad {
-		s.spare = openSpare()
-		if s.spare < 0 {
+		if s.spare, err = unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 			ln.Close()
-			return nil, nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: os.NewSyscallError("open", syscall.EMFILE)}
+			return nil, nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: os.NewSyscallError("open", err)}
 		}
 	}
 	return ln, s, nil
@@ -358,7 +357,7 @@ func (s *sysListener) shed(ln net.Listener) (c net.Conn, shed bool, err error) {
 
 // openSpare opens the descriptor held back for shedding, or returns -1.
 func openSpare() int {
-	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1
 	}
