@@ -79,14 +79,21 @@ func sockDiag(body []byte, dump bool, visit func([]byte)) error {
 				return errors.New("sock_diag: malformed netlink message")
 			}
 			payload := b[nlmsgHdrLen:l]
+			// NLMSG_DONE and NLMSG_ERROR carry an error number
+			// first, negated; 0 means none.
+			var errno int32
+			if len(payload) >= 4 {
+				errno = -int32(native.Uint32(payload))
+			}
 			switch native.Uint16(b[4:]) {
 			case unix.NLMSG_DONE:
+				if errno > 0 {
+					return os.NewSyscallError("sock_diag", unix.Errno(errno))
+				}
 				return nil
 			case unix.NLMSG_ERROR:
-				if len(payload) >= 4 {
-					if errno := -int32(native.Uint32(payload)); errno != 0 {
-						return os.NewSyscallError("sock_diag", unix.Errno(errno))
-					}
+				if errno != 0 {
+					return os.NewSyscallError("sock_diag", unix.Errno(errno))
 				}
 				if !dump {
 					return nil
