@@ -129,8 +129,8 @@ func TestMisuse(t *testing.T) {
 		args    []string
 		mention string
 	}{
-		{nil, "commands: explain, personalities"},
-		{[]string{"frobnicate"}, `unknown command "frobnicate"; commands: explain`},
+		{nil, "no command given; commands: lab,"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"; commands: lab,`},
 		{[]string{"explain"}, "give at least one BACKLOG"},
 		{[]string{"explain", "abc"}, `"abc" is not a backlog; give an integer, SOMAXCONN or SOMAXCONN_HINT(N)`},
 		{[]string{"explain", "1.5"}, `"1.5" is not a backlog`},

@@ -1,0 +1,238 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/lab"
+)
+
+const labUsage = `Usage: backlog lab [flags]
+
+Shows a listen queue at work: a listener with a system's rules, an
+application that accepts at a chosen pace, and clients that connect, one
+after another; then what each client met. By default everything runs in
+this process on a user-space TCP/IP stack: no root, no ports on this host.
+
+  --personality NAME   the system (default: this host's); "all" runs every
+                       system side by side; repeatable
+  --transport T        netstack (default) or kernel: this host's kernel, on
+                       loopback
+  --backlog N          the backlog passed to listen() (default 5)
+  --clients N          how many clients connect (default: 3 x capacity)
+  --arrival D          time between clients' starts (default 2ms; 0 starts
+                       them together)
+  --accept PACE        none (default), max, or a rate such as 10/s
+  --accept-after D     the application's first accept waits D
+  --timeout D          each client's connect timeout (default 3s)
+  --json               print the results as JSON (an array with several)
+  --timeline           include the queue samples in the JSON
+  --svg FILE           draw queue length over time and connect times
+`
+
+// labFlags holds the flags of one lab command.
+type labFlags struct {
+	personalities listFlag
+	transport     string
+	backlog       int
+	clients       int
+	arrival       time.Duration
+	accept        string
+	acceptAfter   time.Duration
+	timeout       time.Duration
+	json          bool
+	timeline      bool
+	svg           string
+}
+
+// maxClients bounds a lab's load.
+const maxClients = 20000
+
+func runLab(ctx context.Context, e *env, args []string) error {
+	var f labFlags
+	fs := flag.NewFlagSet("lab", flag.ContinueOnError)
+	fs.Var(&f.personalities, "personality", "")
+	fs.StringVar(&f.transport, "transport", lab.Netstack, "")
+	fs.IntVar(&f.backlog, "backlog", 5, "")
+	fs.IntVar(&f.clients, "clients", 0, "")
+	fs.DurationVar(&f.arrival, "arrival", 2*time.Millisecond, "")
+	fs.StringVar(&f.accept, "accept", "none", "")
+	fs.DurationVar(&f.acceptAfter, "accept-after", 0, "")
+	fs.DurationVar(&f.timeout, "timeout", 3*time.Second, "")
+	fs.BoolVar(&f.json, "json", false, "")
+	fs.BoolVar(&f.timeline, "timeline", false, "")
+	fs.StringVar(&f.svg, "svg", "", "")
+	rest, err := parseFlags(e, fs, labUsage, args)
+	if err != nil {
+		return helpIsNotAnError(err)
+	}
+	if len(rest) > 0 {
+		return usagef("lab", "unexpected argument %q; lab takes only flags", rest[0])
+	}
+	policy, err := parseAccept(f.accept)
+	if err != nil {
+		return err
+	}
+	policy.After = f.acceptAfter
+	switch {
+	case f.transport != lab.Netstack && f.transport != lab.Kernel:
+		return usagef("lab", "unknown transport %q; valid: netstack, kernel", f.transport)
+	case f.clients < 0 || f.clients > maxClients:
+		return usagef("lab", "--clients must be from 1 to %d", maxClients)
+	case f.timeout <= 0 || f.timeout > 10*time.Minute:
+		return usagef("lab", "--timeout must be more than 0 and at most 10m")
+	case f.arrival < 0 || f.acceptAfter < 0:
+		return usagef("lab", "--arrival and --accept-after cannot be negative")
+	}
+	ps := []backlog.Personality{hostPersonality()}
+	if len(f.personalities) > 0 {
+		if ps, err = resolve("lab", f.personalities); err != nil {
+			return err
+		}
+	}
+	var svgFile *os.File
+	if f.svg != "" {
+		if svgFile, err = os.Create(f.svg); err != nil {
+			return err
+		}
+		defer svgFile.Close()
+	}
+
+	prog := newProgressView(e, len(ps))
+	results := make([]lab.Result, len(ps))
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = lab.Run(ctx, lab.Config{
+				Personality: p, Transport: f.transport, Backlog: f.backlog, Clients: f.clients,
+				Arrival: f.arrival, Accept: policy, Timeout: f.timeout,
+				Progress: func(pr lab.Progress) { prog.update(i, pr) },
+			})
+		}()
+	}
+	wg.Wait()
+	prog.finish()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	if svgFile != nil {
+		if err := lab.WriteSVG(svgFile, results); err != nil {
+			return err
+		}
+		if err := svgFile.Close(); err != nil {
+			return err
+		}
+	}
+	if f.json {
+		if !f.timeline {
+			for i := range results {
+				results[i].Timeline = nil
+			}
+		}
+		if len(results) == 1 {
+			return writeJSON(e, results[0])
+		}
+		return writeJSON(e, results)
+	}
+	if len(results) == 1 {
+		printLabResult(e, results[0], f, policy)
+	} else {
+		printLabTable(e, results, f, policy)
+	}
+	if f.svg != "" {
+		fmt.Fprintf(e.stdout, "\nCharts written to %s.\n", f.svg)
+	}
+	return nil
+}
+
+// parseAccept reads --accept: none, max, or a rate such as 10/s.
+func parseAccept(s string) (lab.AcceptPolicy, error) {
+	switch s {
+	case "none":
+		return lab.AcceptPolicy{Never: true}, nil
+	case "max":
+		return lab.AcceptPolicy{}, nil
+	}
+	if n, ok := strings.CutSuffix(s, "/s"); ok {
+		if r, err := strconv.ParseFloat(n, 64); err == nil && r > 0 && r <= 1e6 {
+			return lab.AcceptPolicy{Rate: r}, nil
+		}
+	}
+	return lab.AcceptPolicy{}, usagef("lab", "--accept %q: give none, max, or a rate such as 10/s", s)
+}
+
+func printLabResult(e *env, r lab.Result, f labFlags, policy lab.AcceptPolicy) {
+	p, _ := backlog.Lookup(r.Personality)
+	w := e.stdout
+	fmt.Fprintf(w, "%s on %s, listen(%d): backlog %d, %d can wait; when full: %s\n",
+		r.Personality, r.Transport, r.RequestedBacklog, r.Backlog, r.Capacity, p.FullVerdict())
+	fmt.Fprintf(w, "%d clients %s apart, each given %s to connect; the application accepts: %s\n\n",
+		r.Clients, f.arrival, f.timeout, policy)
+	row := func(label string, n int, note string) {
+		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-10s %5d   %s", label, n, note), " "))
+	}
+	waiting := ""
+	if r.Waiting > 0 {
+		waiting = fmt.Sprintf("%d still waiting, %d of them in the server's queue", r.Waiting, r.InQueue)
+	}
+	row("connected", r.Connected, waiting)
+	row("accepted", r.Accepted, "")
+	row("reset", r.Reset, "")
+	row("refused", r.Refused, errorNote(r.Errors, "timeout"))
+	timedOut := ""
+	if r.TimedOut > 0 {
+		timedOut = fmt.Sprintf("no answer within %s: their SYNs were dropped without a word, and a client retries them", f.timeout)
+	}
+	row("timed out", r.TimedOut, timedOut)
+	fmt.Fprintf(w, "\nconnect time: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+		r.ConnectMS.P50, r.ConnectMS.P90, r.ConnectMS.P99, r.ConnectMS.Max)
+	s := r.Stats
+	fmt.Fprintf(w, "listener: %d SYNs, %d queued, %d ignored, %d refused, %d reset, %d listen overflows",
+		s.SYNs, s.Queued, s.Ignored, s.Refused, s.Reset, s.ListenOverflows)
+	if s.SyncookiesSent > 0 {
+		fmt.Fprintf(w, ", %d SYN cookies sent, %d returned", s.SyncookiesSent, s.SyncookiesRecv)
+	}
+	if s.Evicted > 0 {
+		fmt.Fprintf(w, ", %d evicted", s.Evicted)
+	}
+	if s.DeferredRefusals > 0 {
+		fmt.Fprintf(w, ", %d refused while a freed slot was not back (KB 295079)", s.DeferredRefusals)
+	}
+	fmt.Fprintln(w)
+}
+
+// errorNote lists connect errors other than skip: "ECONNREFUSED 9".
+func errorNote(errs map[string]int, skip string) string {
+	var parts []string
+	for _, name := range sortedKeys(errs) {
+		if name != skip {
+			parts = append(parts, fmt.Sprintf("%s %d", name, errs[name]))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func printLabTable(e *env, rs []lab.Result, f labFlags, policy lab.AcceptPolicy) {
+	fmt.Fprintf(e.stdout, "listen(%d) on %s; clients %s apart, %s to connect; the application accepts: %s\n\n",
+		f.backlog, rs[0].Transport, f.arrival, f.timeout, policy)
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PERSONALITY\tBACKLOG\tCAN WAIT\tCLIENTS\tCONNECTED\tACCEPTED\tWAITING\tREFUSED\tRESET\tTIMED OUT\tP50 MS\tMAX MS")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.2f\t%.2f\n", r.Personality, r.Backlog, r.Capacity,
+			r.Clients, r.Connected, r.Accepted, r.Waiting, r.Refused, r.Reset, r.TimedOut, r.ConnectMS.P50, r.ConnectMS.Max)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// timings matches the numbers that change from run to run: milliseconds and
+// the progress lines' elapsed seconds.
+var timings = regexp.MustCompile(`[0-9]+\.[0-9]+( ms|s)`)
+
+func normalize(s string) string { return timings.ReplaceAllString(s, "X$1") }
+
+// TestLabGolden runs the lab in process with clients far enough apart that
+// each finds the queue as the previous one left it, and compares the text,
+// timings aside, with the golden files.
+func TestLabGolden(t *testing.T) {
+	for _, tt := range []struct {
+		file string
+		args []string
+	}{
+		{"lab_nt4.golden", []string{"lab", "--personality", "winnt4-workstation", "--arrival", "10ms", "--timeout", "500ms"}},
+		{"lab_linux.golden", []string{"lab", "--personality", "linux", "--backlog", "2", "--arrival", "10ms", "--timeout", "500ms"}},
+		{"lab_freebsd.golden", []string{"lab", "--personality", "freebsd", "--backlog", "1", "--arrival", "10ms", "--timeout", "500ms"}},
+	} {
+		code, out, errOut := run(t, tt.args...)
+		if code != 0 {
+			t.Fatalf("backlog %s: exit %d: %s", strings.Join(tt.args, " "), code, errOut)
+		}
+		golden(t, tt.file, normalize(out))
+		if !strings.Contains(errOut, "done at") {
+			t.Errorf("no progress on stderr: %q", errOut)
+		}
+	}
+}
+
+// TestLabAllJSON runs every personality side by side on the embedded
+// default and checks the JSON: one object per personality with the keys
+// scripts rely on, and every client counted once.
+func TestLabAllJSON(t *testing.T) {
+	code, out, errOut := run(t, "lab", "--personality", "all", "--json", "--timeout", "500ms", "--arrival", "5ms")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 15 {
+		t.Fatalf("%d results; want 15", len(rows))
+	}
+	for _, r := range rows {
+		for _, k := range []string{"personality", "transport", "requested_backlog", "backlog", "capacity", "clients", "connected", "accepted", "refused", "reset", "timed_out", "connect_ms"} {
+			if _, ok := r[k]; !ok {
+				t.Errorf("%v: no key %q", r["personality"], k)
+			}
+		}
+		for _, k := range []string{"p50", "p90", "p99", "max"} {
+			if _, ok := r["connect_ms"].(map[string]any)[k]; !ok {
+				t.Errorf("%v: connect_ms has no %q", r["personality"], k)
+			}
+		}
+		n := func(k string) int { return int(r[k].(float64)) }
+		if n("connected")+n("refused")+n("timed_out") != n("clients") || n("accepted") > n("connected") || n("reset") > n("connected") {
+			t.Errorf("%v: counts do not add up: %v", r["personality"], r)
+		}
+		if n("connected") < n("capacity") {
+			t.Errorf("%v: %d connected, less than the capacity %d", r["personality"], n("connected"), n("capacity"))
+		}
+		if r["transport"] != "netstack" || n("requested_backlog") != 5 {
+			t.Errorf("%v: transport %v, requested %v", r["personality"], r["transport"], r["requested_backlog"])
+		}
+	}
+}
+
+func TestLabSVGFlag(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lab.svg")
+	code, out, errOut := run(t, "lab", "--personality", "linux", "--personality", "windows", "--svg", path, "--timeout", "300ms")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(b), "<svg") || strings.Count(string(b), "<polyline") != 4 {
+		t.Errorf("SVG with %d lines; want 4 (2 charts x 2 systems)", strings.Count(string(b), "<polyline"))
+	}
+	if !strings.Contains(out, "Charts written to "+path) {
+		t.Errorf("output does not say where the charts are: %q", out)
+	}
+}
+
+func TestLabMisuse(t *testing.T) {
+	for _, tt := range []struct {
+		args    []string
+		mention string
+	}{
+		{[]string{"lab", "--accept", "fast"}, `--accept "fast": give none, max, or a rate such as 10/s`},
+		{[]string{"lab", "--accept", "-3/s"}, `--accept "-3/s"`},
+		{[]string{"lab", "--transport", "carrier-pigeon"}, `unknown transport "carrier-pigeon"; valid: netstack, kernel`},
+		{[]string{"lab", "--personality", "os2"}, `unknown personality "os2"; valid: all,`},
+		{[]string{"lab", "--clients", "100000000"}, "--clients must be from 1 to 20000"},
+		{[]string{"lab", "--timeout", "0s"}, "--timeout must be more than 0"},
+		{[]string{"lab", "--backlog", "five"}, `invalid value "five" for flag -backlog`},
+		{[]string{"lab", "extra"}, `unexpected argument "extra"`},
+	} {
+		code, _, errOut := run(t, tt.args...)
+		if code != 2 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tt.mention) {
+			t.Errorf("backlog %q: exit %d, stderr %q; want exit 2 and one line mentioning %q", tt.args, code, errOut, tt.mention)
+		}
+	}
+}

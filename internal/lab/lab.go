@@ -1,0 +1,487 @@
+// Package lab runs a listen queue experiment: a listener with a chosen
+// personality and backlog, an application that accepts at a chosen pace, and
+// clients that connect at once or one after another; it counts what every
+// client met and records the queue over time.
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/backlog-dev/backlog"
+)
+
+// Config describes one run.
+type Config struct {
+	// Personality is the system whose listen() rules the listener follows.
+	Personality backlog.Personality
+	// Transport is where the listener lives: Netstack (the default, in
+	// process) or Kernel (this host's kernel, on loopback).
+	Transport string
+	// Backlog is the backlog requested with listen().
+	Backlog int
+	// Clients is how many clients connect. Zero means three times the
+	// capacity.
+	Clients int
+	// Arrival is the time between one client's start and the next's. Zero
+	// starts them all at once: a burst, which on Linux brings SYN cookies
+	// into play once the SYN queue is full.
+	Arrival time.Duration
+	// Accept is how the application accepts.
+	Accept AcceptPolicy
+	// Timeout bounds each client's connect. Zero means 3 s.
+	Timeout time.Duration
+	// Progress, if not nil, is called about every 100 ms while the run
+	// goes on, and once at its end.
+	Progress func(Progress)
+}
+
+// AcceptPolicy is the pace of the application's accept().
+type AcceptPolicy struct {
+	// Never: the application never accepts.
+	Never bool
+	// Rate is accepts per second; zero means as fast as connections come.
+	Rate float64
+	// After delays the first accept.
+	After time.Duration
+}
+
+// String returns "none", "max", "10/s", or with a delay "10/s after 2s".
+func (a AcceptPolicy) String() string {
+	if a.Never {
+		return "none"
+	}
+	s := "max"
+	if a.Rate > 0 {
+		s = fmt.Sprintf("%g/s", a.Rate)
+	}
+	if a.After > 0 {
+		s += " after " + a.After.String()
+	}
+	return s
+}
+
+// Transports.
+const (
+	Netstack = "netstack"
+	Kernel   = "kernel"
+)
+
+// Progress is the state of a run while it goes on.
+type Progress struct {
+	Personality string
+	Elapsed     time.Duration
+	Counts
+	Queue    int
+	HalfOpen int
+	Done     bool
+}
+
+// Counts is what the clients met so far.
+type Counts struct {
+	// Clients is how many clients take part.
+	Clients int `json:"clients"`
+	// Connected counts clients whose handshake completed.
+	Connected int `json:"connected"`
+	// Accepted counts connected clients the application accepted.
+	Accepted int `json:"accepted"`
+	// Refused counts clients whose connect failed at once, with an answer
+	// (a RST) or another error.
+	Refused int `json:"refused"`
+	// Reset counts connected clients whose connection was reset.
+	Reset int `json:"reset"`
+	// TimedOut counts clients whose connect got no answer in time.
+	TimedOut int `json:"timed_out"`
+}
+
+// Result is what a run found.
+type Result struct {
+	Personality      string `json:"personality"`
+	Transport        string `json:"transport"`
+	RequestedBacklog int    `json:"requested_backlog"`
+	Backlog          int    `json:"backlog"`
+	Capacity         int    `json:"capacity"`
+	Accept           string `json:"accept"`
+	Counts
+	// Waiting counts connected clients still neither accepted nor reset
+	// at the end.
+	Waiting int `json:"waiting"`
+	// InQueue is how many connections the server's queue held at the end.
+	// It is less than Waiting when clients believe they are connected and
+	// the server holds nothing for them: a final ACK or cookie ACK dropped
+	// on a full queue.
+	InQueue int `json:"in_queue"`
+	// ConnectMS summarises how long connected clients took to connect.
+	ConnectMS Percentiles `json:"connect_ms"`
+	// Errors counts connect failures by error.
+	Errors map[string]int `json:"errors,omitempty"`
+	// Stats is the listener's own account at the end.
+	Stats backlog.Stats `json:"listener"`
+	// DurationMS is how long the run took.
+	DurationMS float64 `json:"duration_ms"`
+	// Timeline samples the queue and the counts over the run.
+	Timeline []Sample `json:"timeline,omitempty"`
+	// ConnectTimes lists every connected client's connect time.
+	ConnectTimes []time.Duration `json:"-"`
+}
+
+// Percentiles of a set of durations, in milliseconds.
+type Percentiles struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// Sample is the state at one moment of a run.
+type Sample struct {
+	MS       float64 `json:"ms"`
+	Queue    int     `json:"queue"`
+	HalfOpen int     `json:"half_open"`
+	Counts
+}
+
+// A world is where a run happens: a listener and a way for clients to reach
+// it.
+type world interface {
+	listen(ctx context.Context, p backlog.Personality, requested int) (backlog.Listener, error)
+	dial(ctx context.Context) (net.Conn, error)
+	close()
+}
+
+// sampleEvery is the timeline's resolution.
+const sampleEvery = 10 * time.Millisecond
+
+// Run runs one experiment and returns what every client met. It returns an
+// error only when the experiment cannot be set up.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 3 * time.Second
+	}
+	if cfg.Transport == "" {
+		cfg.Transport = Netstack
+	}
+	w, err := newWorld(cfg.Transport)
+	if err != nil {
+		return Result{}, err
+	}
+	defer w.close()
+	l, err := w.listen(ctx, cfg.Personality, cfg.Backlog)
+	if err != nil {
+		return Result{}, err
+	}
+	defer l.Close()
+	st := l.Stats()
+	if cfg.Clients == 0 {
+		cfg.Clients = 3 * st.Capacity
+	}
+	r := &run{cfg: cfg, w: w, l: l, start: time.Now(), errs: map[string]int{}}
+	r.counts.Clients = cfg.Clients
+	return r.execute(ctx), nil
+}
+
+type run struct {
+	cfg   Config
+	w     world
+	l     backlog.Listener
+	start time.Time
+
+	mu        sync.Mutex
+	counts    Counts
+	resolved  int // clients whose connect has an outcome
+	times     []time.Duration
+	errs      map[string]int
+	clientEnd []net.Conn
+	serverEnd []net.Conn
+	timeline  []Sample
+}
+
+func (r *run) execute(ctx context.Context) Result {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// The application.
+	var app sync.WaitGroup
+	if !r.cfg.Accept.Never {
+		app.Add(1)
+		go func() { defer app.Done(); r.acceptLoop(ctx) }()
+	}
+	// The clients.
+	var clients sync.WaitGroup
+	for i := 0; i < r.cfg.Clients; i++ {
+		clients.Add(1)
+		go func() {
+			defer clients.Done()
+			if !sleep(ctx, time.Duration(i)*r.cfg.Arrival) {
+				r.record(0, context.Canceled)
+				return
+			}
+			r.client(ctx)
+		}()
+	}
+	r.watch(ctx)
+
+	cancel()
+	final := r.sample(time.Now())
+	stats := r.l.Stats() // before Close resets what waits
+	r.mu.Lock()
+	conns := append(append([]net.Conn(nil), r.clientEnd...), r.serverEnd...)
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	r.l.Close()
+	app.Wait()
+	clients.Wait()
+	res := r.result(final, stats)
+	if r.cfg.Progress != nil {
+		r.cfg.Progress(Progress{Personality: res.Personality, Elapsed: time.Since(r.start), Counts: res.Counts, Queue: final.Queue, HalfOpen: final.HalfOpen, Done: true})
+	}
+	return res
+}
+
+// watch samples the run until every connect has ended and then nothing
+// has changed for a while, with the application done taking what it will
+// take; or until the run's bound.
+func (r *run) watch(ctx context.Context) {
+	tick := time.NewTicker(sampleEvery)
+	defer tick.Stop()
+	var last Sample
+	var quietSince, lastProgress time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		s := r.sample(now)
+		if r.cfg.Progress != nil && now.Sub(lastProgress) >= 100*time.Millisecond {
+			lastProgress = now
+			r.cfg.Progress(Progress{Personality: r.cfg.Personality.String(), Elapsed: now.Sub(r.start), Counts: s.Counts, Queue: s.Queue, HalfOpen: s.HalfOpen})
+		}
+		if !r.allResolved() {
+			continue
+		}
+		if s.Counts != last.Counts || s.Queue != last.Queue || s.HalfOpen != last.HalfOpen {
+			last, quietSince = s, now
+		}
+		// Nothing more will be accepted once every connected client was,
+		// or nothing is left in the queue: a client may believe it is
+		// connected while the server holds nothing for it (a SYN-cookie
+		// ACK dropped on a full queue).
+		takenAll := r.cfg.Accept.Never || s.Connected == s.Accepted+s.Reset || (s.Queue == 0 && s.HalfOpen == 0)
+		if takenAll && now.Sub(quietSince) >= 200*time.Millisecond {
+			return
+		}
+		if now.Sub(r.start) > r.bound() {
+			return
+		}
+	}
+}
+
+// allResolved reports whether every client's connect has an outcome.
+func (r *run) allResolved() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.resolved == r.cfg.Clients
+}
+
+// bound is the longest a run waits for the application after every connect
+// has ended.
+func (r *run) bound() time.Duration {
+	d := time.Duration(r.cfg.Clients)*r.cfg.Arrival + r.cfg.Timeout + r.cfg.Accept.After
+	if r.cfg.Accept.Rate > 0 {
+		d += time.Duration(float64(r.cfg.Clients) / r.cfg.Accept.Rate * float64(time.Second))
+	}
+	return d + time.Second
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (r *run) client(ctx context.Context) {
+	dctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	t0 := time.Now()
+	c, err := r.w.dial(dctx)
+	r.record(time.Since(t0), err)
+	if err != nil {
+		return
+	}
+	r.mu.Lock()
+	r.clientEnd = append(r.clientEnd, c)
+	r.mu.Unlock()
+	// The client waits; a reset shows as an error on read.
+	_, err = c.Read(make([]byte, 1))
+	if isReset(err) && ctx.Err() == nil {
+		r.mu.Lock()
+		r.counts.Reset++
+		r.mu.Unlock()
+	}
+}
+
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE)
+}
+
+// record counts the outcome of one client's connect.
+func (r *run) record(took time.Duration, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.resolved++
+	switch {
+	case err == nil:
+		r.counts.Connected++
+		r.times = append(r.times, took)
+		return
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, context.Canceled):
+		r.counts.TimedOut++
+	default:
+		r.counts.Refused++
+	}
+	r.errs[errName(err)]++
+}
+
+// errName names a connect error by its errno, or by its text.
+func errName(err error) string {
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.As(err, &errno):
+		return errnoName(errno)
+	}
+	return err.Error()
+}
+
+func errnoName(e syscall.Errno) string {
+	switch e {
+	case syscall.ECONNREFUSED:
+		return "ECONNREFUSED"
+	case syscall.ECONNRESET:
+		return "ECONNRESET"
+	case syscall.ETIMEDOUT:
+		return "ETIMEDOUT"
+	case syscall.EADDRNOTAVAIL:
+		return "EADDRNOTAVAIL"
+	case syscall.ENETUNREACH:
+		return "ENETUNREACH"
+	}
+	return e.Error()
+}
+
+// acceptLoop is the application: it accepts at the configured pace, keeps
+// what it accepts open until the run ends, and stops when accepting closes.
+func (r *run) acceptLoop(ctx context.Context) {
+	if !sleep(ctx, r.cfg.Accept.After) {
+		return
+	}
+	type deadliner interface{ SetDeadline(time.Time) error }
+	var gap time.Duration
+	if r.cfg.Accept.Rate > 0 {
+		gap = time.Duration(float64(time.Second) / r.cfg.Accept.Rate)
+	}
+	next := time.Now()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			if d, ok := r.l.(deadliner); ok {
+				d.SetDeadline(time.Now()) // unblock Accept
+			}
+		}
+	}()
+	for {
+		if gap > 0 {
+			if !sleep(ctx, time.Until(next)) {
+				return
+			}
+			next = next.Add(gap)
+		}
+		c, err := r.l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+			continue
+		}
+		r.mu.Lock()
+		r.counts.Accepted++
+		r.serverEnd = append(r.serverEnd, c)
+		r.mu.Unlock()
+	}
+}
+
+func (r *run) sample(now time.Time) Sample {
+	st := r.l.Stats()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := Sample{MS: ms(now.Sub(r.start)), Queue: st.Len, HalfOpen: st.HalfOpen, Counts: r.counts}
+	r.timeline = append(r.timeline, s)
+	return s
+}
+
+func (r *run) result(final Sample, st backlog.Stats) Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res := Result{
+		Personality:      r.cfg.Personality.String(),
+		Transport:        r.cfg.Transport,
+		RequestedBacklog: r.cfg.Backlog,
+		Backlog:          st.Backlog,
+		Capacity:         st.Capacity,
+		Accept:           r.cfg.Accept.String(),
+		Counts:           r.counts,
+		Stats:            st,
+		DurationMS:       ms(time.Since(r.start)),
+		Timeline:         r.timeline,
+		ConnectTimes:     slices.Clone(r.times),
+		ConnectMS:        percentiles(r.times),
+	}
+	res.Waiting = res.Connected - res.Accepted - res.Reset
+	res.InQueue = final.Queue
+	if len(r.errs) > 0 {
+		res.Errors = r.errs
+	}
+	return res
+}
+
+func ms(d time.Duration) float64 { return math.Round(float64(d)/1e4) / 100 }
+
+// percentiles returns the nearest-rank percentiles of ds.
+func percentiles(ds []time.Duration) Percentiles {
+	if len(ds) == 0 {
+		return Percentiles{}
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	rank := func(p float64) float64 {
+		i := int(math.Ceil(p/100*float64(len(s)))) - 1
+		return ms(s[max(i, 0)])
+	}
+	return Percentiles{P50: rank(50), P90: rank(90), P99: rank(99), Max: ms(s[len(s)-1])}
+}
