@@ -13,7 +13,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/backlog-dev/backlog"
@@ -183,8 +182,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Clients == 0 {
 		cfg.Clients = 3 * st.Capacity
 	}
-	r := &run{cfg: cfg, w: w, l: l, start: time.Now(), errs: map[string]int{}}
-	r.counts.Clients = cfg.Clients
+	r := &run{cfg: cfg, w: w, l: l, start: time.Now(), crowd: newCrowd(cfg.Clients, cfg.Arrival, cfg.Timeout, w.dial)}
 	return r.execute(ctx), nil
 }
 
@@ -194,12 +192,10 @@ type run struct {
 	l     backlog.Listener
 	start time.Time
 
+	crowd *crowd
+
 	mu        sync.Mutex
-	counts    Counts
-	resolved  int // clients whose connect has an outcome
-	times     []time.Duration
-	errs      map[string]int
-	clientEnd []net.Conn
+	accepted  int
 	serverEnd []net.Conn
 	timeline  []Sample
 }
@@ -214,33 +210,21 @@ func (r *run) execute(ctx context.Context) Result {
 		app.Add(1)
 		go func() { defer app.Done(); r.acceptLoop(ctx) }()
 	}
-	// The clients.
-	var clients sync.WaitGroup
-	for i := 0; i < r.cfg.Clients; i++ {
-		clients.Add(1)
-		go func() {
-			defer clients.Done()
-			if !sleep(ctx, time.Duration(i)*r.cfg.Arrival) {
-				r.record(0, context.Canceled)
-				return
-			}
-			r.client(ctx)
-		}()
-	}
+	r.crowd.start(ctx)
 	r.watch(ctx)
 
 	cancel()
 	final := r.sample(time.Now())
 	stats := r.l.Stats() // before Close resets what waits
 	r.mu.Lock()
-	conns := append(append([]net.Conn(nil), r.clientEnd...), r.serverEnd...)
+	accepted := slices.Clone(r.serverEnd)
 	r.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range accepted {
 		c.Close()
 	}
+	r.crowd.finish()
 	r.l.Close()
 	app.Wait()
-	clients.Wait()
 	res := r.result(final, stats)
 	if r.cfg.Progress != nil {
 		r.cfg.Progress(Progress{Personality: res.Personality, Elapsed: time.Since(r.start), Counts: res.Counts, Queue: final.Queue, HalfOpen: final.HalfOpen, Done: true})
@@ -268,7 +252,7 @@ func (r *run) watch(ctx context.Context) {
 			lastProgress = now
 			r.cfg.Progress(Progress{Personality: r.cfg.Personality.String(), Elapsed: now.Sub(r.start), Counts: s.Counts, Queue: s.Queue, HalfOpen: s.HalfOpen})
 		}
-		if !r.allResolved() {
+		if !r.crowd.allResolved() {
 			continue
 		}
 		if s.Counts != last.Counts || s.Queue != last.Queue || s.HalfOpen != last.HalfOpen {
@@ -286,13 +270,6 @@ func (r *run) watch(ctx context.Context) {
 			return
 		}
 	}
-}
-
-// allResolved reports whether every client's connect has an outcome.
-func (r *run) allResolved() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.resolved == r.cfg.Clients
 }
 
 // bound is the longest a run waits for the application after every connect
@@ -317,79 +294,6 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-func (r *run) client(ctx context.Context) {
-	dctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
-	defer cancel()
-	t0 := time.Now()
-	c, err := r.w.dial(dctx)
-	r.record(time.Since(t0), err)
-	if err != nil {
-		return
-	}
-	r.mu.Lock()
-	r.clientEnd = append(r.clientEnd, c)
-	r.mu.Unlock()
-	// The client waits; a reset shows as an error on read.
-	_, err = c.Read(make([]byte, 1))
-	if isReset(err) && ctx.Err() == nil {
-		r.mu.Lock()
-		r.counts.Reset++
-		r.mu.Unlock()
-	}
-}
-
-func isReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE)
-}
-
-// record counts the outcome of one client's connect.
-func (r *run) record(took time.Duration, err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.resolved++
-	switch {
-	case err == nil:
-		r.counts.Connected++
-		r.times = append(r.times, took)
-		return
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, context.Canceled):
-		r.counts.TimedOut++
-	default:
-		r.counts.Refused++
-	}
-	r.errs[errName(err)]++
-}
-
-// errName names a connect error by its errno, or by its text.
-func errName(err error) string {
-	var errno syscall.Errno
-	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
-		return "timeout"
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.As(err, &errno):
-		return errnoName(errno)
-	}
-	return err.Error()
-}
-
-func errnoName(e syscall.Errno) string {
-	switch e {
-	case syscall.ECONNREFUSED:
-		return "ECONNREFUSED"
-	case syscall.ECONNRESET:
-		return "ECONNRESET"
-	case syscall.ETIMEDOUT:
-		return "ETIMEDOUT"
-	case syscall.EADDRNOTAVAIL:
-		return "EADDRNOTAVAIL"
-	case syscall.ENETUNREACH:
-		return "ENETUNREACH"
-	}
-	return e.Error()
 }
 
 // acceptLoop is the application: it accepts at the configured pace, keeps
@@ -430,7 +334,7 @@ func (r *run) acceptLoop(ctx context.Context) {
 			continue
 		}
 		r.mu.Lock()
-		r.counts.Accepted++
+		r.accepted++
 		r.serverEnd = append(r.serverEnd, c)
 		r.mu.Unlock()
 	}
@@ -438,16 +342,20 @@ func (r *run) acceptLoop(ctx context.Context) {
 
 func (r *run) sample(now time.Time) Sample {
 	st := r.l.Stats()
+	counts := r.crowd.snapshot()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := Sample{MS: ms(now.Sub(r.start)), Queue: st.Len, HalfOpen: st.HalfOpen, Counts: r.counts}
+	counts.Accepted = r.accepted
+	s := Sample{MS: ms(now.Sub(r.start)), Queue: st.Len, HalfOpen: st.HalfOpen, Counts: counts}
 	r.timeline = append(r.timeline, s)
 	return s
 }
 
 func (r *run) result(final Sample, st backlog.Stats) Result {
+	counts, times, errs := r.crowd.outcome()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	counts.Accepted = r.accepted
 	res := Result{
 		Personality:      r.cfg.Personality.String(),
 		Transport:        r.cfg.Transport,
@@ -455,18 +363,16 @@ func (r *run) result(final Sample, st backlog.Stats) Result {
 		Backlog:          st.Backlog,
 		Capacity:         st.Capacity,
 		Accept:           r.cfg.Accept.String(),
-		Counts:           r.counts,
+		Counts:           counts,
 		Stats:            st,
 		DurationMS:       ms(time.Since(r.start)),
 		Timeline:         r.timeline,
-		ConnectTimes:     slices.Clone(r.times),
-		ConnectMS:        percentiles(r.times),
+		ConnectTimes:     times,
+		ConnectMS:        percentiles(times),
+		Errors:           errs,
 	}
 	res.Waiting = res.Connected - res.Accepted - res.Reset
 	res.InQueue = final.Queue
-	if len(r.errs) > 0 {
-		res.Errors = r.errs
-	}
 	return res
 }
 

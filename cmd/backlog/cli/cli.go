@@ -30,6 +30,7 @@ type env struct {
 func commands() []command {
 	return []command{
 		{"lab", "watch a listen queue at work, on any system's rules", labUsage, runLab},
+		{"fill", "open many connections to an address and see what each meets", fillUsage, runFill},
 		{"explain", "what listen(BACKLOG) becomes on each system", explainUsage, runExplain},
 		{"personalities", "every system's listen() rules", personalitiesUsage, runPersonalities},
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -181,24 +182,18 @@ func printLabResult(e *env, r lab.Result, f labFlags, policy lab.AcceptPolicy) {
 		r.Personality, r.Transport, r.RequestedBacklog, r.Backlog, r.Capacity, p.FullVerdict())
 	fmt.Fprintf(w, "%d clients %s apart, each given %s to connect; the application accepts: %s\n\n",
 		r.Clients, f.arrival, f.timeout, policy)
-	row := func(label string, n int, note string) {
-		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-10s %5d   %s", label, n, note), " "))
-	}
 	waiting := ""
 	if r.Waiting > 0 {
 		waiting = fmt.Sprintf("%d still waiting, %d of them in the server's queue", r.Waiting, r.InQueue)
 	}
-	row("connected", r.Connected, waiting)
-	row("accepted", r.Accepted, "")
-	row("reset", r.Reset, "")
-	row("refused", r.Refused, errorNote(r.Errors, "timeout"))
-	timedOut := ""
-	if r.TimedOut > 0 {
-		timedOut = fmt.Sprintf("no answer within %s: their SYNs were dropped without a word, and a client retries them", f.timeout)
-	}
-	row("timed out", r.TimedOut, timedOut)
-	fmt.Fprintf(w, "\nconnect time: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n",
-		r.ConnectMS.P50, r.ConnectMS.P90, r.ConnectMS.P99, r.ConnectMS.Max)
+	printOutcomes(w, []outcomeRow{
+		{"connected", r.Connected, waiting},
+		{"accepted", r.Accepted, ""},
+		{"reset", r.Reset, ""},
+		{"refused", r.Refused, errorNote(r.Errors, "timeout")},
+		{"timed out", r.TimedOut, timedOutNote(r.TimedOut, f.timeout)},
+	})
+	printConnectTimes(w, r.ConnectMS)
 	s := r.Stats
 	fmt.Fprintf(w, "listener: %d SYNs, %d queued, %d ignored, %d refused, %d reset, %d listen overflows",
 		s.SYNs, s.Queued, s.Ignored, s.Refused, s.Reset, s.ListenOverflows)
@@ -212,6 +207,30 @@ func printLabResult(e *env, r lab.Result, f labFlags, policy lab.AcceptPolicy) {
 		fmt.Fprintf(w, ", %d refused while a freed slot was not back (KB 295079)", s.DeferredRefusals)
 	}
 	fmt.Fprintln(w)
+}
+
+// outcomeRow is one line of a summary: a count and a note.
+type outcomeRow struct {
+	label string
+	n     int
+	note  string
+}
+
+func printOutcomes(w io.Writer, rows []outcomeRow) {
+	for _, r := range rows {
+		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-10s %5d   %s", r.label, r.n, r.note), " "))
+	}
+}
+
+func timedOutNote(n int, timeout time.Duration) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("no answer within %s: their SYNs were dropped without a word, and a client retries them", timeout)
+}
+
+func printConnectTimes(w io.Writer, p lab.Percentiles) {
+	fmt.Fprintf(w, "\nconnect time: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n", p.P50, p.P90, p.P99, p.Max)
 }
 
 // errorNote lists connect errors other than skip: "ECONNREFUSED 9".

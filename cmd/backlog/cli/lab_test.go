@@ -25,7 +25,7 @@ func TestLabGolden(t *testing.T) {
 	}{
 		{"lab_nt4.golden", []string{"lab", "--personality", "winnt4-workstation", "--arrival", "10ms", "--timeout", "500ms"}},
 		{"lab_linux.golden", []string{"lab", "--personality", "linux", "--backlog", "2", "--arrival", "10ms", "--timeout", "500ms"}},
-		{"lab_freebsd.golden", []string{"lab", "--personality", "freebsd", "--backlog", "1", "--arrival", "10ms", "--timeout", "500ms"}},
+		{"lab_darwin.golden", []string{"lab", "--personality", "darwin", "--backlog", "3", "--arrival", "10ms", "--timeout", "500ms"}},
 	} {
 		code, out, errOut := run(t, tt.args...)
 		if code != 0 {

@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/backlog-dev/backlog/kernel"
+)
+
+// TestFill fills a kernel listener on loopback with backlog 1 that never
+// accepts: two clients connect (N+1) and the others hear nothing.
+func TestFill(t *testing.T) {
+	l, err := (&kernel.ListenConfig{Backlog: 1}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	addr := l.Addr().String()
+	code, out, errOut := run(t, "fill", "--clients", "4", "--arrival", "10ms", "--timeout", "300ms", "--hold", "0s", addr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	out = strings.ReplaceAll(normalize(out), addr, "ADDR")
+	golden(t, "fill.golden", out)
+
+	code, out, _ = run(t, "fill", "--json", "--clients", "3", "--arrival", "10ms", "--timeout", "300ms", "--hold", "0s", addr)
+	var r map[string]any
+	if err := json.Unmarshal([]byte(out), &r); code != 0 || err != nil {
+		t.Fatalf("exit %d, %v: %s", code, err, out)
+	}
+	// The queue is still full from the first run: no one gets in.
+	if r["clients"] != 3.0 || r["connected"] != 0.0 || r["timed_out"] != 3.0 || r["target"] != addr {
+		t.Errorf("JSON %v; want 3 clients, none connected, 3 timed out", r)
+	}
+}
+
+func TestFillMisuse(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	for _, tt := range []struct {
+		args    []string
+		mention string
+	}{
+		{[]string{"fill"}, "give one ADDR (host:port)"},
+		{[]string{"fill", "localhost"}, `"localhost" is not an address: give host:port`},
+		{[]string{"fill", ":80"}, `":80" is not an address`},
+		{[]string{"fill", "127.0.0.1:99999"}, `is not an address`},
+		{[]string{"fill", "--clients", "0", ln.Addr().String()}, "--clients must be from 1 to 20000"},
+		{[]string{"fill", "--network", "udp", ln.Addr().String()}, `unknown network "udp"; valid: tcp, tcp4, tcp6`},
+	} {
+		code, _, errOut := run(t, tt.args...)
+		if code != 2 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tt.mention) {
+			t.Errorf("backlog %q: exit %d, stderr %q; want exit 2 and one line mentioning %q", tt.args, code, errOut, tt.mention)
+		}
+	}
+}
