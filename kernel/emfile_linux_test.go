@@ -58,17 +58,42 @@ func emfileHelper(mode string) int {
 			c.Close()
 		}
 	}()
+	// Take every free descriptor, and keep taking any that comes free
+	// until "release": a descriptor some runtime thread held at the
+	// moment of the first sweep, and closed afterwards, would otherwise
+	// serve clients while descriptors are supposed to be out.
+	var hogMu sync.Mutex
 	var hog []int
-	for {
-		fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-		if err != nil {
-			if !errors.Is(err, syscall.EMFILE) {
-				return fail(err)
+	take := func() error {
+		hogMu.Lock()
+		defer hogMu.Unlock()
+		for {
+			fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+			if err != nil {
+				if errors.Is(err, syscall.EMFILE) {
+					return nil
+				}
+				return err
 			}
-			break
+			hog = append(hog, fd)
 		}
-		hog = append(hog, fd)
 	}
+	if err := take(); err != nil {
+		return fail(err)
+	}
+	stopHog := make(chan struct{})
+	hogDone := make(chan struct{})
+	go func() {
+		defer close(hogDone)
+		for {
+			select {
+			case <-stopHog:
+				return
+			case <-time.After(10 * time.Millisecond):
+				take()
+			}
+		}
+	}()
 	fmt.Println("addr", ln.Addr())
 	cpu := func() time.Duration {
 		var ru syscall.Rusage
@@ -85,6 +110,8 @@ func emfileHelper(mode string) int {
 		case "cpu":
 			fmt.Println("cpu", (cpu() - mark).Microseconds())
 		case "release":
+			close(stopHog)
+			<-hogDone
 			for _, fd := range hog {
 				syscall.Close(fd)
 			}

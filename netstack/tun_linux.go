@@ -21,14 +21,19 @@ type TUNConfig struct {
 	MTU uint32
 	// Clock drives the host's timers; nil means the real clock.
 	Clock tcpip.Clock
+	// KernelPrefix, when valid, is given to the device on the kernel's
+	// side (an IPv4 address and its prefix, "198.18.0.1/15"), so that the
+	// kernel routes the prefix, and the host's addresses in it, to the
+	// device. The zero value leaves the kernel's side to the caller.
+	KernelPrefix netip.Prefix
 }
 
 // AttachTUN returns a host whose link is a TUN device, so that programs using
 // the kernel's TCP reach its listeners. The device is opened (or created) in
-// the network namespace of the calling thread and brought up; routing the
-// host's addresses to it is the caller's, for example
-// "ip addr add 198.18.0.1/15 dev tun0" when the host has 198.18.0.2. Needs
-// CAP_NET_ADMIN. Close the host with Host.Close.
+// the network namespace of the calling thread and brought up. Routing the
+// host's addresses to it is done with KernelPrefix, or by the caller, for
+// example with "ip addr add 198.18.0.1/15 dev tun0" when the host has
+// 198.18.0.2. Needs CAP_NET_ADMIN. Close the host with Host.Close.
 func AttachTUN(cfg TUNConfig) (*Host, error) {
 	if cfg.Name == "" {
 		return nil, fmt.Errorf("netstack: AttachTUN needs a device name")
@@ -46,7 +51,7 @@ func AttachTUN(cfg TUNConfig) (*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netstack: opening TUN device %s: %w", cfg.Name, err)
 	}
-	if err := linkUp(cfg.Name, cfg.MTU); err != nil {
+	if err := linkUp(cfg.Name, cfg.MTU, cfg.KernelPrefix); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -64,8 +69,10 @@ func AttachTUN(cfg TUNConfig) (*Host, error) {
 	return h, nil
 }
 
-// linkUp sets the device's MTU and brings it up (SIOCSIFMTU, SIOCSIFFLAGS).
-func linkUp(name string, mtu uint32) error {
+// linkUp sets the device's MTU and, if valid, its kernel-side IPv4 address
+// and netmask, and brings it up (SIOCSIFMTU, SIOCSIFADDR, SIOCSIFNETMASK,
+// SIOCSIFFLAGS).
+func linkUp(name string, mtu uint32, kernel netip.Prefix) error {
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return os.NewSyscallError("socket", err)
@@ -78,6 +85,28 @@ func linkUp(name string, mtu uint32) error {
 	ifr.SetUint32(mtu)
 	if err := unix.IoctlIfreq(s, unix.SIOCSIFMTU, ifr); err != nil {
 		return fmt.Errorf("netstack: setting MTU of %s: %w", name, err)
+	}
+	if kernel.IsValid() {
+		if !kernel.Addr().Is4() {
+			return fmt.Errorf("netstack: the kernel side of %s takes an IPv4 prefix, not %v", name, kernel)
+		}
+		a := kernel.Addr().As4()
+		if err := ifr.SetInet4Addr(a[:]); err != nil {
+			return err
+		}
+		if err := unix.IoctlIfreq(s, unix.SIOCSIFADDR, ifr); err != nil {
+			return fmt.Errorf("netstack: giving %s the address %v: %w", name, kernel.Addr(), err)
+		}
+		m := [4]byte{}
+		for i := 0; i < kernel.Bits(); i++ {
+			m[i/8] |= 0x80 >> (i % 8)
+		}
+		if err := ifr.SetInet4Addr(m[:]); err != nil {
+			return err
+		}
+		if err := unix.IoctlIfreq(s, unix.SIOCSIFNETMASK, ifr); err != nil {
+			return fmt.Errorf("netstack: setting the netmask of %s: %w", name, err)
+		}
 	}
 	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("netstack: reading flags of %s: %w", name, err)

@@ -11,17 +11,21 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/netnstest"
 )
 
 // tunHost attaches a user-space host at 198.18.0.2 to a TUN device in a new
 // namespace, whose kernel has 198.18.0.1/15 on the device.
 func tunHost(t *testing.T) (ns string, h *Host) {
 	t.Helper()
-	requireRoot(t)
-	ns = newNetns(t)
-	inNetns(t, ns, func() {
+	netnstest.RequireRoot(t)
+	ns = netnstest.New(t)
+	netnstest.In(t, ns, func() {
 		var err error
-		h, err = AttachTUN(TUNConfig{Name: "tun0", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.2")}})
+		h, err = AttachTUN(TUNConfig{
+			Name: "tun0", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.2")},
+			KernelPrefix: netip.MustParsePrefix("198.18.0.1/15"),
+		})
 		if err != nil {
 			t.Errorf("AttachTUN: %v", err)
 		}
@@ -30,14 +34,13 @@ func tunHost(t *testing.T) (ns string, h *Host) {
 		t.FailNow()
 	}
 	t.Cleanup(func() { h.Close() })
-	run(t, "ip", "-n", ns, "addr", "add", "198.18.0.1/15", "dev", "tun0")
 	return ns, h
 }
 
 // kernelDial connects from the namespace with the kernel's TCP.
 func kernelDial(t *testing.T, ns, addr string, timeout time.Duration) (c net.Conn, err error) {
 	t.Helper()
-	inNetns(t, ns, func() {
+	netnstest.In(t, ns, func() {
 		// The socket is created here, in the namespace; the connect may
 		// finish on any thread.
 		c, err = (&net.Dialer{Timeout: timeout}).Dial("tcp", addr)

@@ -11,10 +11,11 @@ import (
 
 // TUNConfig configures AttachTUN.
 type TUNConfig struct {
-	Name  string
-	Addrs []netip.Addr
-	MTU   uint32
-	Clock tcpip.Clock
+	Name         string
+	Addrs        []netip.Addr
+	MTU          uint32
+	Clock        tcpip.Clock
+	KernelPrefix netip.Prefix
 }
 
 // AttachTUN needs Linux; elsewhere it returns an error.

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -296,41 +295,21 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// acceptLoop is the application: it accepts at the configured pace, keeps
-// what it accepts open until the run ends, and stops when accepting closes.
+// acceptLoop is the application: it accepts at the configured pace and
+// keeps what it accepts open until the run ends. It returns when the
+// listener closes.
 func (r *run) acceptLoop(ctx context.Context) {
-	if !sleep(ctx, r.cfg.Accept.After) {
-		return
-	}
-	type deadliner interface{ SetDeadline(time.Time) error }
-	var gap time.Duration
-	if r.cfg.Accept.Rate > 0 {
-		gap = time.Duration(float64(time.Second) / r.cfg.Accept.Rate)
-	}
-	next := time.Now()
-	stopped := make(chan struct{})
-	defer close(stopped)
-	go func() {
-		select {
-		case <-stopped:
-		case <-ctx.Done():
-			if d, ok := r.l.(deadliner); ok {
-				d.SetDeadline(time.Now()) // unblock Accept
-			}
-		}
-	}()
+	pl := Paced(r.l, r.cfg.Accept)
 	for {
-		if gap > 0 {
-			if !sleep(ctx, time.Until(next)) {
-				return
-			}
-			next = next.Add(gap)
-		}
-		c, err := r.l.Accept()
+		c, err := pl.Accept()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			continue
+		}
+		if ctx.Err() != nil {
+			c.Close() // accepted after the run ended: not counted
 			continue
 		}
 		r.mu.Lock()

@@ -44,7 +44,7 @@ func TestLabPerPersonality(t *testing.T) {
 			t.Parallel()
 			r := runLab(t, Config{
 				Personality: backlog.MustLookup(tt.name), Backlog: 5,
-				Arrival: 2 * time.Millisecond, Accept: AcceptPolicy{Never: true}, Timeout: 500 * time.Millisecond,
+				Arrival: 10 * time.Millisecond, Accept: AcceptPolicy{Never: true}, Timeout: 500 * time.Millisecond,
 			})
 			// A reset right after the handshake can reach a client before
 			// its connect returns, which then fails with ECONNRESET:
@@ -65,9 +65,10 @@ func TestLabPerPersonality(t *testing.T) {
 }
 
 // TestLabAcceptingApplication: with an application that accepts as fast as
-// it can, every client of a refusing system gets in.
+// it can and room for every client, every client of a refusing system gets
+// in and is accepted, and the run is recorded.
 func TestLabAcceptingApplication(t *testing.T) {
-	r := runLab(t, Config{Personality: backlog.MustLookup("windows"), Backlog: 5, Clients: 50, Arrival: time.Millisecond, Timeout: time.Second})
+	r := runLab(t, Config{Personality: backlog.MustLookup("windows"), Backlog: 50, Clients: 50, Arrival: time.Millisecond, Timeout: time.Second})
 	if r.Connected != 50 || r.Accepted != 50 {
 		t.Errorf("connected %d, accepted %d of 50; want all", r.Connected, r.Accepted)
 	}

@@ -78,7 +78,7 @@ func runLab(ctx context.Context, e *env, args []string) error {
 	if len(rest) > 0 {
 		return usagef("lab", "unexpected argument %q; lab takes only flags", rest[0])
 	}
-	policy, err := parseAccept(f.accept)
+	policy, err := parseAccept("lab", f.accept)
 	if err != nil {
 		return err
 	}
@@ -160,7 +160,7 @@ func runLab(ctx context.Context, e *env, args []string) error {
 }
 
 // parseAccept reads --accept: none, max, or a rate such as 10/s.
-func parseAccept(s string) (lab.AcceptPolicy, error) {
+func parseAccept(cmd, s string) (lab.AcceptPolicy, error) {
 	switch s {
 	case "none":
 		return lab.AcceptPolicy{Never: true}, nil
@@ -172,7 +172,7 @@ func parseAccept(s string) (lab.AcceptPolicy, error) {
 			return lab.AcceptPolicy{Rate: r}, nil
 		}
 	}
-	return lab.AcceptPolicy{}, usagef("lab", "--accept %q: give none, max, or a rate such as 10/s", s)
+	return lab.AcceptPolicy{}, usagef(cmd, "--accept %q: give none, max, or a rate such as 10/s", s)
 }
 
 func printLabResult(e *env, r lab.Result, f labFlags, policy lab.AcceptPolicy) {

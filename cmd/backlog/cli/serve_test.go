@@ -1,0 +1,230 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lines is a writer that tests can watch while a command runs.
+type lines struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	wake chan struct{}
+}
+
+func newLines() *lines { return &lines{wake: make(chan struct{}, 1)} }
+
+func (l *lines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	return l.buf.Write(p)
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// await waits until the output matches re and returns the first submatch.
+func (l *lines) await(t *testing.T, re *regexp.Regexp) string {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		if m := re.FindStringSubmatch(l.String()); m != nil {
+			return m[1]
+		}
+		select {
+		case <-l.wake:
+		case <-deadline:
+			t.Fatalf("no %v in output:\n%s", re, l.String())
+		}
+	}
+}
+
+var (
+	servingOn = regexp.MustCompile(`serving \w+ on (\S+) `)
+	metricsOn = regexp.MustCompile(`metrics on (http://\S+)`)
+)
+
+// startServe runs backlog serve in process until the returned stop is
+// called; stop returns Run's error.
+func startServe(t *testing.T, args ...string) (out *lines, stop func() error) {
+	return startServeAfter(t, nil, args...)
+}
+
+// startServeAfter is startServe with serve's goroutine first calling
+// before, which may fail the start.
+func startServeAfter(t *testing.T, before func() error, args ...string) (out *lines, stop func() error) {
+	t.Helper()
+	out = newLines()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		if before != nil {
+			if err := before(); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- Run(ctx, append([]string{"serve"}, args...), out, io.Discard)
+	}()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-errc:
+			case <-time.After(10 * time.Second):
+				t.Fatal("serve did not stop")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return out, stop
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	return string(b)
+}
+
+func metricValue(t *testing.T, exposition, name string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + name + `\{[^}]*\} (\S+)$`).FindStringSubmatch(exposition)
+	if m == nil {
+		t.Fatalf("no %s in metrics:\n%s", name, exposition)
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v
+}
+
+// TestServeHTTPAndMetrics serves HTTP on the kernel with metrics, answers a
+// request, exports what it did, and stops cleanly when its context ends.
+func TestServeHTTPAndMetrics(t *testing.T) {
+	out, stop := startServe(t, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--backlog", "64", "--interval", "50ms")
+	addr := out.await(t, servingOn)
+	murl := out.await(t, metricsOn)
+	if !strings.Contains(out.String(), "listen(64) stored 64, 65 can wait") {
+		t.Errorf("start line does not give the stored backlog and capacity:\n%s", out)
+	}
+	if page := get(t, "http://"+addr+"/"); !strings.Contains(page, "backlog 64, 65 can wait") {
+		t.Errorf("page: %q", page)
+	}
+	m := get(t, murl)
+	if v := metricValue(t, m, "backlog_listener_accepted_total"); v < 1 {
+		t.Errorf("accepted_total %v after a request", v)
+	}
+	if v := metricValue(t, m, "backlog_listener_queue_capacity"); v != 65 {
+		t.Errorf("queue_capacity %v; want 65", v)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("serve returned %v when stopped", err)
+	}
+	if !strings.Contains(out.String(), "stopped after") {
+		t.Errorf("no summary when stopped:\n%s", out)
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Error("still listening after stop")
+	}
+}
+
+// TestServeFullQueue: a server that never accepts, with backlog 1, holds two
+// connections; the SYNs of clients after them are dropped, which the
+// metrics show.
+func TestServeFullQueue(t *testing.T) {
+	out, _ := startServe(t, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--backlog", "1", "--accept", "none", "--handler", "echo")
+	addr := out.await(t, servingOn)
+	murl := out.await(t, metricsOn)
+	for i := 0; i < 4; i++ {
+		if c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond); err == nil {
+			defer c.Close()
+		}
+	}
+	m := get(t, murl)
+	if v := metricValue(t, m, "backlog_listener_queue_length"); v != 2 {
+		t.Errorf("queue_length %v; want 2 (N+1)", v)
+	}
+	if v := metricValue(t, m, "backlog_listener_dropped_total"); v < 2 {
+		t.Errorf("dropped_total %v; want the dropped SYNs of at least 2 clients", v)
+	}
+}
+
+// TestServeSignals builds the command and stops it with SIGINT and SIGTERM:
+// it exits 0 after its summary.
+func TestServeSignals(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the command")
+	}
+	bin := filepath.Join(t.TempDir(), "backlog")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/backlog-dev/backlog/cmd/backlog").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0")
+		stdout, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stdout)
+		if !sc.Scan() || !strings.HasPrefix(sc.Text(), "serving http on") {
+			t.Fatalf("first line %q", sc.Text())
+		}
+		cmd.Process.Signal(sig)
+		rest, _ := io.ReadAll(stdout)
+		err := cmd.Wait()
+		if err != nil || !strings.Contains(string(rest), "stopped after") {
+			t.Errorf("after %v: exit %v, output %q; want exit 0 and a summary", sig, err, rest)
+		}
+	}
+}
+
+func TestServeMisuse(t *testing.T) {
+	for _, tt := range []struct {
+		args    []string
+		mention string
+	}{
+		{[]string{"serve", "--transport", "netstack"}, "--transport netstack needs --tun NAME and --addr CIDR"},
+		{[]string{"serve", "--tun", "tun0"}, "--tun and --addr go with --transport netstack"},
+		{[]string{"serve", "--handler", "gopher"}, `unknown handler "gopher"; valid: http, echo`},
+		{[]string{"serve", "--transport", "udp"}, `unknown transport "udp"; valid: kernel, netstack`},
+		{[]string{"serve", "--listen", "8080"}, `--listen "8080": give HOST:PORT`},
+		{[]string{"serve", "--accept", "lots"}, `backlog serve: --accept "lots"`},
+		{[]string{"serve", "--interval", "0s"}, "--interval must be more than 0"},
+		{[]string{"serve", "--personality", "all"}, "--personality takes one system, not all"},
+		{[]string{"serve", "--personality", "vms"}, `unknown personality "vms"; valid: all,`},
+	} {
+		code, out, errOut := run(t, tt.args...)
+		if code != 2 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tt.mention) || out != "" {
+			t.Errorf("backlog %q: exit %d, stderr %q; want exit 2 and one line mentioning %q", tt.args, code, errOut, tt.mention)
+		}
+	}
+}
