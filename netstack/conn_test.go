@@ -117,4 +117,9 @@ func TestCloseUnblocksAccept(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Accept did not return after Close")
 	}
+	// Closed wins over a deadline that has passed, as with Go's listeners.
+	l.SetDeadline(time.Now().Add(-time.Second))
+	if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept on a closed listener past its deadline: %v; want net.ErrClosed", err)
+	}
 }

@@ -659,14 +659,15 @@ func (g *gate) retire(id stack.TransportEndpointID) {
 }
 
 // resetPending resets a connection the listener's Queue gave up (listen()
-// again, Close): a half-open one is ended in the stack and the client told;
-// a completed one is aborted, which sends the client a RST.
-func (g *gate) resetPending(e *pending) {
+// again, Close): a half-open one is ended in the stack, and the client told
+// if tellHalfOpen is set; a completed one is aborted, which sends the client
+// a RST.
+func (g *gate) resetPending(e *pending, tellHalfOpen bool) {
 	var fx effects
 	g.mu.Lock()
 	switch e.state {
 	case stateHalfOpen:
-		g.killLocked(e, true, &fx)
+		g.killLocked(e, tellHalfOpen, &fx)
 	case stateCompleting:
 		// gVisor has not handed it over: deliver aborts it when it does.
 		e.state = stateDead

@@ -196,9 +196,15 @@ func (l *Listener) drain() {
 	}
 }
 
-// Accept waits for and returns the next connection, oldest first.
+// Accept waits for and returns the next connection, oldest first. After
+// Close it returns an error wrapping net.ErrClosed, whatever the deadline.
 func (l *Listener) Accept() (net.Conn, error) {
 	for {
+		select {
+		case <-l.closed:
+			return nil, l.opErr("accept", net.ErrClosed)
+		default:
+		}
 		e, ok := l.q.Accept()
 		if ok {
 			select {
@@ -304,7 +310,7 @@ func (l *Listener) Stats() backlog.Stats { return l.q.Stats() }
 func (l *Listener) SetBacklog(n int) error {
 	reset, err := l.q.Listen(n)
 	for _, e := range reset {
-		l.gate.resetPending(e)
+		l.gate.resetPending(e, true)
 	}
 	switch {
 	case errors.Is(err, backlog.ErrRelisten):
@@ -320,14 +326,18 @@ func (l *Listener) SetBacklog(n int) error {
 // Addr returns the listener's address.
 func (l *Listener) Addr() net.Addr { return l.addr }
 
-// Close stops listening: pending connections are reset, a blocked Accept
-// returns, and the listener's goroutine is stopped before Close returns.
+// Close stops listening: a blocked Accept returns, and the listener's
+// goroutine is stopped before Close returns. Completed connections waiting
+// for accept() are reset, as every system does. Half-open ones are reset
+// where they share the limit with completed ones (BSD soabort, Winsock);
+// where they live in a SYN queue of their own (Linux inet_csk_listen_stop,
+// gVisor, FreeBSD's syncache) they are dropped without a word.
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.gate.removeListener(l)
 		close(l.closed)
 		for _, e := range l.q.Close() {
-			l.gate.resetPending(e)
+			l.gate.resetPending(e, l.p.HalfOpen.Shared)
 		}
 		l.ep.Close()
 		l.wg.Wait()
