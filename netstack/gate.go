@@ -264,7 +264,12 @@ func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 		p := g.proxied[s.id]
 		g.mu.Unlock()
 		if p != nil {
-			return g.translateIn(p, &s)
+			if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn || g.live(&s) {
+				return g.translateIn(p, &s)
+			}
+			// A new connection on the 4-tuple of a cookie-born one that
+			// is over: its translation must not touch the new one.
+			g.retire(s.id)
 		}
 	}
 	l := g.listenerFor(s.proto, s.id)
@@ -315,14 +320,11 @@ func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
 		}
 		return true
 	}
-	if ep := g.stack.FindTransportEndpoint(s.proto, tcp.ProtocolNumber, s.id, nicID); ep != nil && ep != l.tep {
-		// A connection with this 4-tuple exists. A SYN to an established
-		// connection never reaches the listener; one to a connection in
-		// TIME-WAIT may start a new one, which the stack hands to the
-		// listener, so it is counted.
-		if te, ok := ep.(*tcp.Endpoint); !ok || te.EndpointState() != tcp.StateTimeWait {
-			return true
-		}
+	if g.live(s) {
+		// A SYN to a live connection never reaches the listener; one to a
+		// connection in TIME-WAIT may start a new one, which the stack
+		// hands to the listener, so it is counted.
+		return true
 	}
 	e := &pending{
 		l: l, id: s.id, proto: s.proto, isn: s.seq,
@@ -392,8 +394,8 @@ func (g *gate) cookieACK(l *Listener, s *seg, fx *effects) bool {
 	if !ok || !s.checksumValid() {
 		return true
 	}
-	if ep := g.stack.FindTransportEndpoint(s.proto, tcp.ProtocolNumber, s.id, nicID); ep != nil && ep != l.tep {
-		return true // a connection has this 4-tuple: not ours to rebuild
+	if g.live(s) {
+		return true // a live connection has this 4-tuple: the ACK is its
 	}
 	e := &pending{
 		l: l, id: s.id, proto: s.proto, isn: s.seq - 1,
@@ -424,8 +426,25 @@ func (g *gate) cookieACK(l *Listener, s *seg, fx *effects) bool {
 	return false
 }
 
+// live reports whether the stack holds a connection for s's 4-tuple that a
+// SYN would not replace: one neither gone, nor dying after a reset, nor in
+// TIME-WAIT. (For a 4-tuple it has no connection for, the stack returns the
+// listener.)
+func (g *gate) live(s *seg) bool {
+	ep, ok := g.stack.FindTransportEndpoint(s.proto, tcp.ProtocolNumber, s.id, nicID).(*tcp.Endpoint)
+	if !ok {
+		return false
+	}
+	switch ep.EndpointState() {
+	case tcp.StateListen, tcp.StateTimeWait, tcp.StateClose, tcp.StateError:
+		return false
+	}
+	return true
+}
+
 // translateIn moves an arriving segment of a cookie-born connection into
-// gVisor's sequence space.
+// gVisor's sequence space. A reset ends the connection, and with it the
+// translation, so that the 4-tuple is free for a new one at once.
 func (g *gate) translateIn(p *proxy, s *seg) bool {
 	g.mu.Lock()
 	open, delta := p.open, p.delta
@@ -435,6 +454,9 @@ func (g *gate) translateIn(p *proxy, s *seg) bool {
 	}
 	if s.flags.Contains(header.TCPFlagAck) {
 		s.rewriteAck(s.ack - delta)
+	}
+	if s.flags.Contains(header.TCPFlagRst) {
+		g.retire(s.id)
 	}
 	return true
 }
@@ -530,6 +552,9 @@ func (g *gate) translateOut(p *proxy, s *seg) bool {
 	delta := p.delta
 	g.mu.Unlock()
 	s.rewriteSeq(s.seq + delta)
+	if s.flags.Contains(header.TCPFlagRst) {
+		g.retire(s.id)
+	}
 	return true
 }
 

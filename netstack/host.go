@@ -242,7 +242,10 @@ func errnoFor(err tcpip.Error) syscall.Errno {
 		return syscall.EHOSTUNREACH
 	case *tcpip.ErrPortInUse:
 		return syscall.EADDRINUSE
-	case *tcpip.ErrBadLocalAddress:
+	case *tcpip.ErrBadLocalAddress, *tcpip.ErrNoPortAvailable:
+		// Linux answers an exhausted ephemeral port range with
+		// EADDRNOTAVAIL too (net/ipv4/inet_hashtables.c
+		// __inet_hash_connect).
 		return syscall.EADDRNOTAVAIL
 	case *tcpip.ErrClosedForSend, *tcpip.ErrClosedForReceive:
 		return syscall.EPIPE
