@@ -250,6 +250,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 			}
 			time.Sleep(starved)
 			cpu, _ := strconv.Atoi(h.send(t, "cpu", "cpu"))
+			t.Logf("%d clients, RLIMIT_NOFILE 64: the listener used %v of CPU in %v without descriptors", clients, time.Duration(cpu)*time.Microsecond, starved)
 			if used := time.Duration(cpu) * time.Microsecond; used > maxCPU {
 				t.Errorf("the listener used %v of CPU in %v without descriptors; want at most %v", used, starved, maxCPU)
 			}

@@ -150,3 +150,29 @@ func TestSYNFloodWithoutCookies(t *testing.T) {
 		t.Errorf("%d of 50 real clients connected while forged SYNs held the SYN queue; want most dropped", res.connected)
 	}
 }
+
+// TestSYNFloodHoldsWithinTheLimit floods systems without Linux's small SYN
+// queue: Windows holds half-open handshakes in its backlog and refuses the
+// rest, FreeBSD's syncache holds up to 15360 and answers the rest with
+// cookies. Either way the state held stops at the configured limit, and
+// FreeBSD's real clients get in through cookies.
+func TestSYNFloodHoldsWithinTheLimit(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		limit      int
+		minClients float64
+	}{
+		{"windows", 64, 0},
+		{"freebsd", 512 * 30, 0.99},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			res := underFlood(t, tt.name, 64, 20000, 100, 3*time.Second)
+			if res.maxHalfOpen > tt.limit {
+				t.Errorf("up to %d half-open; the limit is %d", res.maxHalfOpen, tt.limit)
+			}
+			if got := float64(res.connected) / 100; got < tt.minClients {
+				t.Errorf("%d of 100 real clients connected; want at least %.0f %%", res.connected, 100*tt.minClients)
+			}
+		})
+	}
+}
