@@ -245,8 +245,10 @@ func Params(name string) []string {
 }
 
 // Host returns the personality of the operating system this program was
-// built for, with default parameters. The kernel package reads the running
-// host's actual settings.
+// built for, with default parameters: windows, darwin (also for iOS),
+// freebsd, and Linux's rules for every other system, as a default rather than
+// a claim about it. The kernel package reads the running host's actual
+// settings.
 func Host() Personality {
 	switch runtime.GOOS {
 	case "windows":

@@ -212,7 +212,7 @@ func SomaxconnHint(n int) int { return -n }
 
 // Apply returns the stored backlog for requested.
 func (c Clamp) Apply(requested int) int {
-	v := saturate32(requested)
+	v := CInt(requested)
 	switch c.Kind {
 	case ClampUnsigned:
 		if uint32(v) > uint32(c.Max) {
@@ -260,7 +260,10 @@ func (c Clamp) String() string {
 	return fmt.Sprintf("%d..%d", c.Min, c.Max)
 }
 
-func saturate32(v int) int32 {
+// CInt returns v as the C int a listen() call receives, saturated to the
+// 32-bit range rather than truncated: a huge request stays huge, instead of
+// becoming whatever its low 32 bits say.
+func CInt(v int) int32 {
 	switch {
 	case v > math.MaxInt32:
 		return math.MaxInt32

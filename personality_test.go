@@ -49,6 +49,17 @@ func TestStoredAndCapacity(t *testing.T) {
 	}
 }
 
+func TestCInt(t *testing.T) {
+	for _, tc := range []struct {
+		in   int
+		want int32
+	}{{math.MaxInt, math.MaxInt32}, {math.MinInt, math.MinInt32}, {1<<32 + 3, math.MaxInt32}, {7, 7}, {-1, -1}} {
+		if got := CInt(tc.in); got != tc.want {
+			t.Errorf("CInt(%d) = %d; want %d", tc.in, got, tc.want)
+		}
+	}
+}
+
 // TestHugeRequestsSaturate checks that Go ints beyond C's int mean "huge",
 // never whatever their low 32 bits say.
 func TestHugeRequestsSaturate(t *testing.T) {

@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"math"
 	"testing"
 	"time"
 )
@@ -66,18 +65,6 @@ func TestNextDelay(t *testing.T) {
 	for i := range want {
 		if got[i] != want[i]*time.Millisecond {
 			t.Fatalf("back-off %v; want %v ms", got, want)
-		}
-	}
-}
-
-// TestSaturate32 checks that backlogs beyond a C int saturate.
-func TestSaturate32(t *testing.T) {
-	for _, tc := range []struct {
-		in   int
-		want int32
-	}{{math.MaxInt, math.MaxInt32}, {math.MinInt, math.MinInt32}, {7, 7}, {-1, -1}} {
-		if got := saturate32(tc.in); got != tc.want {
-			t.Errorf("saturate32(%d) = %d; want %d", tc.in, got, tc.want)
 		}
 	}
 }

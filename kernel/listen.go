@@ -595,16 +595,6 @@ type queueState struct {
 	ReadBack bool
 }
 
-func saturate32(n int) int32 {
-	switch {
-	case n > math.MaxInt32:
-		return math.MaxInt32
-	case n < math.MinInt32:
-		return math.MinInt32
-	}
-	return int32(n)
-}
-
 // hostCapacity is the host system's capacity rule (N+1 on Linux).
 var hostCapacity = sync.OnceValue(func() backlog.CapacityRule { return backlog.Host().Capacity })
 

@@ -264,7 +264,7 @@ func (lc *ListenConfig) socket(e *endpoint, n int) (fd int, call string, err err
 			return -1, call, err
 		}
 	}
-	if err := unix.Listen(fd, int(saturate32(n))); err != nil {
+	if err := unix.Listen(fd, int(backlog.CInt(n))); err != nil {
 		return -1, "listen", err
 	}
 	ok = true
@@ -296,7 +296,7 @@ func (c fdConn) Write(func(fd uintptr) bool) error {
 func (s *sysListener) listen(n int) error {
 	var lerr error
 	err := s.rc.Control(func(fd uintptr) {
-		lerr = unix.Listen(int(fd), int(saturate32(n)))
+		lerr = unix.Listen(int(fd), int(backlog.CInt(n)))
 	})
 	if err != nil {
 		return err

@@ -177,6 +177,17 @@ func (g *gate) removeListener(l *Listener) {
 	g.listeners.Store(&m)
 }
 
+// proxyFor returns the translation of a cookie-born connection, or nil; it
+// takes no lock while there are none.
+func (g *gate) proxyFor(id stack.TransportEndpointID) *proxy {
+	if g.nProxied.Load() == 0 {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.proxied[id]
+}
+
 // listenerFor returns the listener a segment arriving for id belongs to.
 func (g *gate) listenerFor(proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID) *Listener {
 	for _, l := range (*g.listeners.Load())[id.LocalPort] {
@@ -259,18 +270,13 @@ func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 	if !ok {
 		return true
 	}
-	if g.nProxied.Load() > 0 {
-		g.mu.Lock()
-		p := g.proxied[s.id]
-		g.mu.Unlock()
-		if p != nil {
-			if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn || g.live(&s) {
-				return g.translateIn(p, &s)
-			}
-			// A new connection on the 4-tuple of a cookie-born one that
-			// is over: its translation must not touch the new one.
-			g.retire(s.id)
+	if p := g.proxyFor(s.id); p != nil {
+		if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn || g.live(&s) {
+			return g.translateIn(p, &s)
 		}
+		// A new connection on the 4-tuple of a cookie-born one that is
+		// over: its translation must not touch the new one.
+		g.retire(s.id)
 	}
 	l := g.listenerFor(s.proto, s.id)
 	if l == nil {
@@ -480,13 +486,8 @@ func (g *gate) outbound(pkt *stack.PacketBuffer) bool {
 	if !ok {
 		return true
 	}
-	if g.nProxied.Load() > 0 {
-		g.mu.Lock()
-		p := g.proxied[s.id]
-		g.mu.Unlock()
-		if p != nil {
-			return g.translateOut(p, &s)
-		}
+	if p := g.proxyFor(s.id); p != nil {
+		return g.translateOut(p, &s)
 	}
 	if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn|header.TCPFlagAck {
 		return true
