@@ -32,6 +32,7 @@ func commands() []command {
 		{"lab", "watch a listen queue at work, on any system's rules", labUsage, runLab},
 		{"probe", "learn what this host's kernel does with the backlog", probeUsage, runProbe},
 		{"top", "every listening TCP socket of this host, live", topUsage, runTop},
+		{"serve", "a real server with the backlog you choose, its queue shown", serveUsage, runServe},
 		{"fill", "open many connections to an address and see what each meets", fillUsage, runFill},
 		{"explain", "what listen(BACKLOG) becomes on each system", explainUsage, runExplain},
 		{"personalities", "every system's listen() rules", personalitiesUsage, runPersonalities},

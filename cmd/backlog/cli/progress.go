@@ -13,6 +13,13 @@ import (
 	"github.com/backlog-dev/backlog/internal/lab"
 )
 
+// isTerminal reports whether w is a terminal, where output may be redrawn
+// in place.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
 // progressView shows runs going on, on stderr: on a terminal, a table
 // redrawn in place; otherwise a plain line per run every half second and
 // when it ends.
@@ -29,9 +36,7 @@ type progressView struct {
 
 func newProgressView(e *env, runs int) *progressView {
 	v := &progressView{w: e.stderr, rows: make([]lab.Progress, runs), said: make([]time.Time, runs)}
-	if f, ok := e.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		v.live = true
-	}
+	v.live = isTerminal(e.stderr)
 	return v
 }
 

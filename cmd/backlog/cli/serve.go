@@ -9,13 +9,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/term"
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/lab"
@@ -219,7 +217,7 @@ func (s *server) run(ctx context.Context) error {
 	}
 
 	start := time.Now()
-	live := stderrIsTerminal(s.e)
+	live := isTerminal(s.e.stderr)
 	tick := time.NewTicker(s.f.interval)
 	defer tick.Stop()
 	prev := s.l.Stats()
@@ -246,11 +244,6 @@ func (s *server) run(ctx context.Context) error {
 			fmt.Fprintln(s.e.stderr, line)
 		}
 	}
-}
-
-func stderrIsTerminal(e *env) bool {
-	f, ok := e.stderr.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func (s *server) serveMetrics() error {

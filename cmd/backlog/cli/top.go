@@ -267,11 +267,6 @@ func fitScreen(w io.Writer, limit int) int {
 	return limit
 }
 
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
-}
-
 // sleepCtx waits d and reports whether ctx is still live.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	select {
