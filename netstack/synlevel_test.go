@@ -3,7 +3,6 @@ package netstack
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"slices"
 	"syscall"
@@ -366,4 +365,3 @@ func TestRelistenPerPersonality(t *testing.T) {
 	})
 }
 
-var _ = fmt.Sprint
