@@ -364,4 +364,3 @@ func TestRelistenPerPersonality(t *testing.T) {
 		}
 	})
 }
-
