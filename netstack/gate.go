@@ -393,15 +393,12 @@ func (e *pending) haveSYNACK() bool { return e.synack != nil }
 // cookieACK handles an ACK to a listening port for which the gate holds
 // nothing: the final ACK of a cookie handshake, or anything else.
 func (g *gate) cookieACK(l *Listener, s *seg, fx *effects) bool {
-	if s.flags.Contains(header.TCPFlagFin) {
-		return true
+	if s.flags.Contains(header.TCPFlagFin) || g.live(s) {
+		return true // a live connection's segment (asked first: cheaper than a cookie)
 	}
 	mss, ok := g.cookies.check(s.id, s.seq-1, s.ack-1, g.stack.Clock().Now())
 	if !ok || !s.checksumValid() {
 		return true
-	}
-	if g.live(s) {
-		return true // a live connection has this 4-tuple: the ACK is its
 	}
 	e := &pending{
 		l: l, id: s.id, proto: s.proto, isn: s.seq - 1,
