@@ -1,0 +1,216 @@
+package netstack
+
+import (
+	"context"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// benchBacklog is the backlog of every listener in the setup benchmark:
+// Linux's somaxconn, which the "linux" personality grants in full.
+const benchBacklog = 4096
+
+// nativeListen listens on port of h with gVisor's own listening endpoint,
+// which the gate does not govern: the baseline a user of gVisor would
+// otherwise have. It returns the listener as gonet makes it.
+func nativeListen(tb testing.TB, h *Host, port uint16, backlogN int) *gonet.TCPListener {
+	tb.Helper()
+	var wq waiter.Queue
+	ep, terr := h.Stack().NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		tb.Fatal(terr)
+	}
+	if terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Port: port}); terr != nil {
+		tb.Fatal(terr)
+	}
+	if terr := ep.Listen(backlogN); terr != nil {
+		tb.Fatal(terr)
+	}
+	l := gonet.NewTCPListener(h.Stack(), &wq, ep)
+	tb.Cleanup(func() { l.Close() })
+	return l
+}
+
+// closeAll accepts every connection and closes it at once, until the
+// listener closes; done is closed when it returns.
+func closeAll(l net.Listener) (done chan struct{}) {
+	done = make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return done
+}
+
+// BenchmarkSetup measures connection setup on the in-process network: the
+// same client host dials, with the same loop, a listener of this package
+// (impl=backlog, the "linux" personality, every SYN and final ACK through
+// the gate) and gVisor's own listening endpoint on another port of the same
+// server host, which is the baseline; impl=kernel is the host kernel on
+// loopback, for reference, and impl=gvisor a second gVisor listener, which
+// shows the method's own noise. Each connection is dialled, accepted and
+// closed by the server, and reset by the client once it reads the end, so
+// nothing lingers in TIME-WAIT.
+//
+// The candidate and the baseline take turns, setupChunk connections at a
+// time, so that whatever else the machine does falls on both: ratio is the
+// baseline's time over the candidate's. The rest is the candidate's alone:
+// conn/s (and ns/op), connect() time percentiles (p50-us, p99-us, from Dial
+// to its return) and the CPU time of the whole process per connection
+// (cpu-us/conn: client, network and server together, from getrusage).
+func BenchmarkSetup(b *testing.B) {
+	_, srv, cli := pair(b, nil)
+	gated := listen(b, srv, "linux", benchBacklog)
+	native := nativeListen(b, srv, 81, benchBacklog)
+	twin := nativeListen(b, srv, 82, benchBacklog)
+	kl, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var done []chan struct{}
+	for _, l := range []net.Listener{gated, native, twin, kl} {
+		done = append(done, closeAll(l))
+	}
+	b.Cleanup(func() {
+		kl.Close()
+		gated.Close()
+		native.Close()
+		twin.Close()
+		for _, d := range done {
+			<-d
+		}
+	})
+
+	netstackDial := func(port string) dialFunc {
+		return func(ctx context.Context) (net.Conn, error) { return cli.Dial(ctx, "tcp", serverAddr+":"+port) }
+	}
+	var d net.Dialer
+	kaddr := kl.Addr().String()
+	baseline := netstackDial("81")
+	cases := []struct {
+		name string
+		dial dialFunc
+	}{
+		{"impl=gvisor", netstackDial("82")},
+		{"impl=backlog", netstackDial("80")},
+		{"impl=kernel", func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp4", kaddr) }},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) { benchSetup(b, tc.dial, baseline) })
+	}
+}
+
+type dialFunc func(context.Context) (net.Conn, error)
+
+const (
+	// setupClients is how many clients dial at once.
+	setupClients = 4
+	// setupChunk is how many connections the candidate and the baseline
+	// make in turn.
+	setupChunk = 128
+)
+
+// benchSetup makes b.N connections with cand and as many with base, in
+// turns, and reports cand's throughput, connect-time percentiles and CPU
+// per connection, and its throughput over base's.
+func benchSetup(b *testing.B, cand, base dialFunc) {
+	var candTime, baseTime, candCPU time.Duration
+	var times []time.Duration
+	b.ResetTimer()
+	for done, turn := 0, 0; done < b.N; turn++ {
+		n := min(setupChunk, b.N-done)
+		// Take turns at going first, so that neither always follows
+		// the other.
+		for i := range 2 {
+			if (i+turn)%2 == 0 {
+				d, _, _ := setupTurn(b, base, n)
+				baseTime += d
+			} else {
+				d, cpu, ts := setupTurn(b, cand, n)
+				candTime, candCPU = candTime+d, candCPU+cpu
+				times = append(times, ts...)
+			}
+		}
+		done += n
+	}
+	b.StopTimer()
+	slices.Sort(times)
+	b.ReportMetric(float64(candTime.Nanoseconds())/float64(b.N), "ns/op")
+	b.ReportMetric(float64(b.N)/candTime.Seconds(), "conn/s")
+	b.ReportMetric(float64(candCPU.Microseconds())/float64(b.N), "cpu-us/conn")
+	b.ReportMetric(baseTime.Seconds()/candTime.Seconds(), "ratio")
+	if len(times) > 0 {
+		b.ReportMetric(float64(percentile(times, 50).Nanoseconds())/1e3, "p50-us")
+		b.ReportMetric(float64(percentile(times, 99).Nanoseconds())/1e3, "p99-us")
+	}
+}
+
+// setupTurn makes n connections with dial from setupClients clients at
+// once, and returns how long they took, the CPU time the process spent
+// meanwhile and each connect() time.
+func setupTurn(b *testing.B, dial dialFunc, n int) (elapsed, cpu time.Duration, times []time.Duration) {
+	var next atomic.Int64
+	per := make([][]time.Duration, setupClients)
+	var wg sync.WaitGroup
+	cpu0 := cpuTime()
+	start := time.Now()
+	for i := range setupClients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf [1]byte
+			for next.Add(1) <= int64(n) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				t0 := time.Now()
+				c, err := dial(ctx)
+				took := time.Since(t0)
+				cancel()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				per[i] = append(per[i], took)
+				c.Read(buf[:]) // the server's close
+				abortConn(c)
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start), cpuTime() - cpu0, slices.Concat(per...)
+}
+
+// abortConn closes c with a reset.
+func abortConn(c net.Conn) {
+	switch c := c.(type) {
+	case *Conn:
+		c.Abort()
+	case *net.TCPConn:
+		c.SetLinger(0)
+		c.Close()
+	default:
+		c.Close()
+	}
+}
+
+// percentile returns the p-th percentile of sorted, by the nearest-rank
+// method.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	i := (len(sorted)*p + 99) / 100
+	return sorted[max(i-1, 0)]
+}
