@@ -193,10 +193,13 @@ func (q *Queue[T]) sharedFullLocked() bool {
 func (q *Queue[T]) SYN(t T) (o Outcome, evicted T, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.synLocked(t)
+	return q.synLocked(t, true)
 }
 
-func (q *Queue[T]) synLocked(t T) (o Outcome, evicted T, ok bool) {
+// synLocked decides a SYN. With hold, an admitted t is held half-open;
+// without, the caller completes its handshake at once (Offer), and the
+// half-open set is left alone.
+func (q *Queue[T]) synLocked(t T, hold bool) (o Outcome, evicted T, ok bool) {
 	q.stats.SYNs++
 	if q.closed {
 		q.stats.Refused++
@@ -219,13 +222,17 @@ func (q *Queue[T]) synLocked(t T) (o Outcome, evicted T, ok bool) {
 					if q.sharedFullLocked() {
 						return q.overflowLocked(Ignored), victim, true
 					}
-					q.half.push(t)
+					if hold {
+						q.half.push(t)
+					}
 					return HalfOpen, victim, true
 				}
 			}
 			return q.overflowLocked(Ignored), evicted, false
 		}
-		q.half.push(t)
+		if hold {
+			q.half.push(t)
+		}
 		return HalfOpen, evicted, false
 	}
 
@@ -257,7 +264,9 @@ func (q *Queue[T]) synLocked(t T) (o Outcome, evicted T, ok bool) {
 		q.stats.SyncookiesSent++
 		return Cookie, evicted, false
 	}
-	q.half.push(t)
+	if hold {
+		q.half.push(t)
+	}
 	return HalfOpen, evicted, false
 }
 
@@ -353,17 +362,23 @@ func (q *Queue[T]) cookieACKLocked(t T) Outcome {
 func (q *Queue[T]) Offer(t T) (o Outcome, evicted T, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	o, evicted, ok = q.synLocked(t)
+	o, evicted, ok = q.synLocked(t, false)
 	switch o {
 	case HalfOpen:
-		o = q.establishedLocked(t)
-		if o == HalfOpen {
-			// The ACK was dropped; with no one to retransmit, the
-			// handshake is abandoned.
-			q.half.remove(t)
+		// Established at once, without holding t half-open meanwhile.
+		if !q.p.HalfOpen.Shared && q.acceptFullLocked() {
+			if q.p.OnACKFull == ACKReset {
+				return q.overflowLocked(Reset), evicted, ok
+			}
+			// The ACK is dropped; with no one to send the SYN-ACK
+			// again, the handshake is abandoned.
+			q.stats.ListenOverflows++
+			q.stats.ListenDrops++
 			q.stats.Ignored++
-			o = Ignored
+			return Ignored, evicted, ok
 		}
+		q.enqueueLocked(t)
+		o = Queued
 	case Cookie:
 		o = q.cookieACKLocked(t)
 	}
