@@ -56,8 +56,23 @@ type gate struct {
 	// numbers the gate translates.
 	proxied  map[stack.TransportEndpointID]*proxy
 	nProxied atomic.Int32
-	closed   bool
+	// passed remembers SYNs passed uncounted because their 4-tuple still
+	// had a live connection: if the stack answers one with a SYN-ACK, that
+	// connection was in fact gone (gVisor had not yet processed its
+	// reset), and the SYN is decided then.
+	passed map[stack.TransportEndpointID]passedSYN
+	closed bool
 }
+
+// passedSYN is a SYN passed without a decision.
+type passedSYN struct {
+	isn uint32
+	mss uint16
+	at  tcpip.MonotonicTime
+}
+
+// maxPassed bounds the SYNs remembered in gate.passed.
+const maxPassed = 1024
 
 // pending is one connection between its SYN and accept(): what the
 // listener's Queue holds.
@@ -135,6 +150,7 @@ func newGate(s *stack.Stack, child stack.LinkEndpoint, mtu uint32) *gate {
 		cookies: newCookieJar(),
 		conns:   map[stack.TransportEndpointID]*pending{},
 		proxied: map[stack.TransportEndpointID]*proxy{},
+		passed:  map[stack.TransportEndpointID]passedSYN{},
 	}
 	g.Endpoint.Init(child, g)
 	empty := map[uint16][]*Listener{}
@@ -202,9 +218,7 @@ func (g *gate) close() {
 	g.mu.Lock()
 	g.closed = true
 	for _, e := range g.conns {
-		if e.timer != nil {
-			e.timer.Stop()
-		}
+		e.stopTimer()
 	}
 	g.mu.Unlock()
 }
@@ -220,22 +234,31 @@ func (g *gate) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stac
 // WritePackets implements stack.LinkWriter: packets from the NIC pass
 // through the gate on their way to the link.
 func (g *gate) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	var keep stack.PacketBufferList
-	n := 0
-	for _, pkt := range pkts.AsSlice() {
-		if g.outbound(pkt) {
-			pkt.IncRef()
-			keep.PushBack(pkt)
-		} else {
-			n++ // dropped on purpose: reported as written
+	all := pkts.AsSlice()
+	keep := -1 // the first packet to drop, if any
+	for i, pkt := range all {
+		if !g.outbound(pkt) {
+			keep = i
+			break
 		}
 	}
-	if keep.Len() == 0 {
-		return n, nil
+	if keep < 0 {
+		return g.child.WritePackets(pkts)
 	}
-	m, err := g.child.WritePackets(keep)
-	keep.DecRef()
-	return n + m, err
+	var rest stack.PacketBufferList
+	for i, pkt := range all {
+		if i < keep || (i > keep && g.outbound(pkt)) {
+			pkt.IncRef()
+			rest.PushBack(pkt)
+		}
+	}
+	dropped := len(all) - rest.Len() // dropped on purpose: reported as written
+	if rest.Len() == 0 {
+		return dropped, nil
+	}
+	n, err := g.child.WritePackets(rest)
+	rest.DecRef()
+	return dropped + n, err
 }
 
 // injectIn hands a packet the gate made to the stack as if it had arrived.
@@ -329,12 +352,23 @@ func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
 	if g.live(s) {
 		// A SYN to a live connection never reaches the listener; one to a
 		// connection in TIME-WAIT may start a new one, which the stack
-		// hands to the listener, so it is counted.
+		// hands to the listener, so it is counted. Should the stack answer
+		// this one with a SYN-ACK after all, outbound decides it then.
+		g.rememberPassedLocked(s)
 		return true
 	}
+	_, o := g.admitLocked(l, s.proto, s.id, s.seq, s.mss, g.stack.Clock().NowMonotonic(), fx)
+	return o == backlog.HalfOpen
+}
+
+// admitLocked asks the listener's queue about a SYN from id with ISN isn
+// and MSS option mss, which arrived at start, and carries out the answer:
+// a half-open connection is recorded and timed (the stack answers it), a
+// cookie or a refusal is written to the client, an evicted handshake is
+// ended. It returns the outcome, and the pending connection when admitted.
+func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, isn uint32, mss uint16, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
 	e := &pending{
-		l: l, id: s.id, proto: s.proto, isn: s.seq,
-		start:     g.stack.Clock().NowMonotonic(),
+		l: l, id: id, proto: proto, isn: isn, start: start,
 		state:     stateHalfOpen,
 		delivered: make(chan struct{}),
 	}
@@ -342,24 +376,44 @@ func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
 	if evicted {
 		g.killLocked(victim, true, fx)
 	}
+	toClient := tcpSpec{
+		proto: proto, src: id.LocalAddress, dst: id.RemoteAddress,
+		sport: id.LocalPort, dport: id.RemotePort, ack: isn + 1,
+	}
 	switch o {
 	case backlog.HalfOpen:
-		g.conns[s.id] = e
+		g.conns[id] = e
 		g.armLocked(e)
-		return true
+		return e, o
 	case backlog.Cookie:
-		l.noteCookie(g.stack.Clock().NowMonotonic())
-		cookie := g.cookies.make(s.id, s.seq, s.mss, g.stack.Clock().Now())
-		fx.sendSpec(tcpSpec{
-			proto: s.proto, src: s.id.LocalAddress, dst: s.id.RemoteAddress,
-			sport: s.id.LocalPort, dport: s.id.RemotePort,
-			seq: cookie, ack: s.seq + 1, flags: header.TCPFlagSyn | header.TCPFlagAck,
-			window: 65535, mss: g.mss,
-		})
+		now := g.stack.Clock().NowMonotonic()
+		l.noteCookie(now)
+		toClient.seq = g.cookies.make(id, isn, mss, g.stack.Clock().Now())
+		toClient.flags, toClient.window, toClient.mss = header.TCPFlagSyn|header.TCPFlagAck, 65535, g.mss
+		fx.sendSpec(toClient)
 	case backlog.Refused:
-		fx.sendSpec(resetFor(s))
+		toClient.flags = header.TCPFlagRst | header.TCPFlagAck
+		fx.sendSpec(toClient)
 	}
-	return false
+	return nil, o
+}
+
+// rememberPassedLocked notes a SYN passed without a decision, within
+// maxPassed: beyond it, old entries go, and if none is old the SYN is
+// simply not remembered (its client may wait for a retransmission).
+func (g *gate) rememberPassedLocked(s *seg) {
+	now := g.stack.Clock().NowMonotonic()
+	if len(g.passed) >= maxPassed {
+		for id, p := range g.passed {
+			if now.Sub(p.at) > time.Second {
+				delete(g.passed, id)
+			}
+		}
+		if len(g.passed) >= maxPassed {
+			return
+		}
+	}
+	g.passed[s.id] = passedSYN{isn: s.seq, mss: s.mss, at: now}
 }
 
 // finalACK decides an ACK for a connection the gate holds.
@@ -375,6 +429,7 @@ func (g *gate) finalACK(l *Listener, e *pending, s *seg, fx *effects) bool {
 	switch l.q.Established(e) {
 	case backlog.Queued:
 		e.state = stateCompleting
+		e.stopTimer() // the schedule is over; the timer would keep e alive
 		return true
 	case backlog.HalfOpen:
 		// The accept queue is full: the ACK is dropped, the SYN-ACK
@@ -389,6 +444,14 @@ func (g *gate) finalACK(l *Listener, e *pending, s *seg, fx *effects) bool {
 }
 
 func (e *pending) haveSYNACK() bool { return e.synack != nil }
+
+// stopTimer stops e's timer and lets it go, with the closure that holds e.
+func (e *pending) stopTimer() {
+	if e.timer != nil {
+		e.timer.Stop()
+		e.timer = nil
+	}
+}
 
 // cookieACK handles an ACK to a listening port for which the gate holds
 // nothing: the final ACK of a cookie handshake, or anything else.
@@ -498,11 +561,17 @@ func (g *gate) outbound(pkt *stack.PacketBuffer) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	e := g.conns[s.id]
+	if e == nil {
+		if p, ok := g.passed[s.id]; ok && s.ack == p.isn+1 {
+			delete(g.passed, s.id)
+			e, _ = g.admitLocked(l, s.proto, s.id, p.isn, p.mss, p.at, &fx)
+		}
+	}
 	if e == nil || e.state == stateDead {
 		// Every SYN the stack answers was passed by the gate, which
 		// holds it until delivery; a SYN-ACK for anything else belongs to
-		// a handshake the gate ended just as the stack started it.
-		// Drop it and end that handshake in the stack too.
+		// a handshake the gate ended, or did not admit, just as the stack
+		// started it. Drop it and end that handshake in the stack too.
 		fx.inject(tcpSpec{
 			proto: s.proto, src: s.id.RemoteAddress, dst: s.id.LocalAddress,
 			sport: s.id.RemotePort, dport: s.id.LocalPort,
@@ -570,6 +639,8 @@ func (g *gate) armLocked(e *pending) {
 	}
 	if e.timer != nil {
 		e.timer.Stop()
+		e.timer.Reset(wait)
+		return
 	}
 	e.timer = g.stack.Clock().AfterFunc(wait, func() { g.tick(e) })
 }
@@ -629,9 +700,7 @@ func resetTo(e *pending) tcpSpec {
 
 // forgetLocked drops everything the gate holds for e.
 func (g *gate) forgetLocked(e *pending) {
-	if e.timer != nil {
-		e.timer.Stop()
-	}
+	e.stopTimer()
 	if g.conns[e.id] == e {
 		delete(g.conns, e.id)
 	}
@@ -644,7 +713,7 @@ func (g *gate) forgetLocked(e *pending) {
 // deliver hands over an endpoint gVisor established for a listener: the
 // connection the gate passed, or one it must now reset.
 func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) {
-	id := ep.Info().(*stack.TransportEndpointInfo).ID
+	id := ep.(*tcp.Endpoint).TransportEndpointInfo.ID // set before the endpoint was queued
 	g.mu.Lock()
 	e := g.conns[id]
 	if e != nil && e.l == l {
@@ -708,9 +777,7 @@ func (g *gate) dropListener(l *Listener) {
 	defer g.mu.Unlock()
 	for id, e := range g.conns {
 		if e.l == l {
-			if e.timer != nil {
-				e.timer.Stop()
-			}
+			e.stopTimer()
 			delete(g.conns, id)
 			if e.state != stateDelivered && e.state != stateDead {
 				e.state = stateDead

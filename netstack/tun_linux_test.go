@@ -91,9 +91,14 @@ func TestTUNKernelClientIgnoredThenServed(t *testing.T) {
 			t.Fatalf("kernel client %d: %v", i, err)
 		}
 		defer c.Close()
+		// The client is connected once it has the SYN-ACK; its final ACK
+		// may reach the device after the next client's SYN (the kernel
+		// answers what is written to a TUN device in softirq context).
+		// Each handshake is to finish at both ends first.
+		waitFor(t, "the server to queue the client", func() bool { return l.Len() == i+1 })
 	}
 	if _, err := kernelDial(t, ns, "198.18.0.2:80", 500*time.Millisecond); err == nil {
-		t.Fatal("third kernel client connected; the queue (N+1 = 2) was full")
+		t.Fatalf("third kernel client connected; the queue (N+1 = 2) was full: %+v", l.Stats())
 	}
 	go func() {
 		time.Sleep(200 * time.Millisecond)
