@@ -3,6 +3,7 @@ package netstack
 import (
 	"context"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -50,15 +51,7 @@ func underFlood(t *testing.T, personality string, backlogN, count, clients int, 
 	t.Helper()
 	n, srv, cli := pair(t, nil)
 	l := listen(t, srv, personality, backlogN)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go serveEach(l, func(c net.Conn) { c.Close() })
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)

@@ -39,15 +39,7 @@ func listen(t testing.TB, h *Host, personality string, backlogN int) *Listener {
 func TestEcho(t *testing.T) {
 	_, srv, cli := pair(t, nil)
 	l := listen(t, srv, "linux", 5)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	go echo(l)
 	for _, target := range []string{"198.18.0.1:80", "[fdb1:ac6::1]:80"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		c, err := cli.Dial(ctx, "tcp", target)

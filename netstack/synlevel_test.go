@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"slices"
 	"syscall"
 	"testing"
@@ -133,15 +134,21 @@ func TestLinuxAbortOnOverflowResets(t *testing.T) {
 	}
 }
 
-// echo accepts connections and echoes them until the listener closes.
-func echo(l *Listener) {
+// serveEach accepts connections until the listener closes and hands each
+// to handle, in the accepting goroutine.
+func serveEach(l net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		go func() { io.Copy(c, c); c.Close() }()
+		handle(c)
 	}
+}
+
+// echo accepts connections and echoes them until the listener closes.
+func echo(l net.Listener) {
+	serveEach(l, func(c net.Conn) { go func() { io.Copy(c, c); c.Close() }() })
 }
 
 func echoOnce(t *testing.T, c interface {

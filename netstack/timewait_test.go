@@ -25,16 +25,10 @@ import (
 func TestReconnectAfterServerClosedFirst(t *testing.T) {
 	n, srv, cli := pair(t, nil)
 	l := listen(t, srv, "linux", 5)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("bye"))
-			c.Close() // the server closes first
-		}
-	}()
+	go serveEach(l, func(c net.Conn) {
+		c.Write([]byte("bye"))
+		c.Close() // the server closes first
+	})
 	id := stack.TransportEndpointID{
 		LocalAddress: tcpip.AddrFrom4([4]byte{198, 18, 0, 1}), LocalPort: 80,
 		RemoteAddress: tcpip.AddrFrom4([4]byte{198, 18, 0, 2}), RemotePort: 40000,
@@ -48,23 +42,9 @@ func TestReconnectAfterServerClosedFirst(t *testing.T) {
 		if round > 0 {
 			waitFor(t, "the server's side to enter TIME-WAIT", inTimeWait)
 		}
-		var c net.Conn
-		var err error
 		// The client's own previous connection may hold the port for a
-		// moment (LAST-ACK); those attempts send nothing. What is tested is
-		// the server's side.
-		for try := 0; try < 200; try++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			c, err = cli.DialFrom(ctx, "tcp", "198.18.0.2:40000", serverAddr+":80")
-			cancel()
-			if !errors.Is(err, syscall.EADDRNOTAVAIL) && !errors.Is(err, syscall.EADDRINUSE) {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if err != nil {
-			t.Fatalf("round %d: dial from the same port: %v", round, err)
-		}
+		// moment (LAST-ACK). What is tested is the server's side.
+		c := redial(t, cli, "198.18.0.2:40000")
 		if got := sc.syns.Load(); got != int64(round+1) {
 			t.Errorf("round %d: the client sent %d SYNs in %d rounds: a handshake waited for a retransmission", round, got, round+1)
 		}
@@ -86,36 +66,13 @@ func TestReconnectAfterServerClosedFirst(t *testing.T) {
 func TestReconnectAfterClientReset(t *testing.T) {
 	n, srv, cli := pair(t, nil)
 	l := listen(t, srv, "linux", 5)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("hi"))
-		}
-	}()
+	go serveEach(l, func(c net.Conn) { c.Write([]byte("hi")) })
 	const client = "198.18.0.2:40001"
 	sc := countSYNs(n, [4]byte{198, 18, 0, 2}, 40001)
 
 	const rounds = 300
 	for round := 0; round < rounds; round++ {
-		var c net.Conn
-		var err error
-		// The client's own stack may hold the port for a moment after the
-		// reset; those attempts send nothing.
-		for try := 0; try < 200; try++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			c, err = cli.DialFrom(ctx, "tcp", client, serverAddr+":80")
-			cancel()
-			if !errors.Is(err, syscall.EADDRNOTAVAIL) && !errors.Is(err, syscall.EADDRINUSE) {
-				break
-			}
-			time.Sleep(time.Millisecond)
-		}
-		if err != nil {
-			t.Fatalf("round %d: dial from the same port: %v", round, err)
-		}
+		c := redial(t, cli, client)
 		if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
 			t.Fatalf("round %d: read: %v", round, err)
 		}
@@ -123,6 +80,27 @@ func TestReconnectAfterClientReset(t *testing.T) {
 		if got := sc.syns.Load(); got != int64(round+1) {
 			t.Fatalf("round %d: the client sent %d SYNs in %d rounds (%d SYN-ACKs): a handshake waited for a retransmission", round, got, round+1, sc.synacks.Load())
 		}
+	}
+}
+
+// redial dials the server's port 80 from the client address from, trying
+// again while the client's own stack still holds that port for an earlier
+// connection (those attempts send nothing).
+func redial(t *testing.T, cli *Host, from string) net.Conn {
+	t.Helper()
+	for try := 0; ; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := cli.DialFrom(ctx, "tcp", from, serverAddr+":80")
+		cancel()
+		busy := errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EADDRINUSE)
+		if busy && try < 1000 {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("dial from %s: %v", from, err)
+		}
+		return c
 	}
 }
 

@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/netnstest"
 )
 
@@ -53,11 +51,7 @@ func kernelDial(t *testing.T, ns, addr string, timeout time.Duration) (c net.Con
 // ECONNREFUSED from its own kernel, at once.
 func TestTUNKernelClientRefused(t *testing.T) {
 	ns, h := tunHost(t)
-	l, err := h.Listen(context.Background(), "tcp", ":80", &ListenConfig{Personality: backlog.MustLookup("winnt4-workstation"), Backlog: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	listen(t, h, "winnt4-workstation", 2)
 	for i := 0; i < 2; i++ {
 		c, err := kernelDial(t, ns, "198.18.0.2:80", 5*time.Second)
 		if err != nil {
@@ -66,7 +60,7 @@ func TestTUNKernelClientRefused(t *testing.T) {
 		defer c.Close()
 	}
 	start := time.Now()
-	_, err = kernelDial(t, ns, "198.18.0.2:80", 5*time.Second)
+	_, err := kernelDial(t, ns, "198.18.0.2:80", 5*time.Second)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("third kernel client: %v; want ECONNREFUSED", err)
 	}
@@ -80,11 +74,7 @@ func TestTUNKernelClientRefused(t *testing.T) {
 // once the application accepts; data then flows both ways.
 func TestTUNKernelClientIgnoredThenServed(t *testing.T) {
 	ns, h := tunHost(t)
-	l, err := h.Listen(context.Background(), "tcp", ":80", &ListenConfig{Personality: backlog.MustLookup("linux"), Backlog: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := listen(t, h, "linux", 1)
 	for i := 0; i < 2; i++ {
 		c, err := kernelDial(t, ns, "198.18.0.2:80", 5*time.Second)
 		if err != nil {
@@ -102,13 +92,7 @@ func TestTUNKernelClientIgnoredThenServed(t *testing.T) {
 	}
 	go func() {
 		time.Sleep(200 * time.Millisecond)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
+		echo(l)
 	}()
 	c, err := kernelDial(t, ns, "198.18.0.2:80", 10*time.Second)
 	if err != nil {
