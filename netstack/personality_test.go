@@ -36,6 +36,10 @@ func try(t testing.TB, cli *Host, target string, timeout time.Duration) (outcome
 		return refused, err
 	case errors.Is(err, context.DeadlineExceeded):
 		return timedOut, err
+	case errors.Is(err, syscall.ECONNRESET):
+		// The handshake completed and the server's reset came before
+		// the dialling goroutine looked: the same reset, seen earlier.
+		return reset, err
 	case err != nil:
 		return otherErr, err
 	}
