@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/netnstest"
 	"github.com/backlog-dev/backlog/kernel"
 )
 
@@ -115,7 +116,7 @@ func TestSocketByInode(t *testing.T) {
 // test creates, on an address of 198.18.0.0/15, is listed there and not
 // on the host, and its overflows are counted there.
 func TestSocketsPerNamespace(t *testing.T) {
-	ns := newNetns(t)
+	ns := netnstest.New(t)
 	var (
 		inode                  uint64
 		inside                 []kernel.Socket
@@ -125,7 +126,7 @@ func TestSocketsPerNamespace(t *testing.T) {
 		err                    error
 	)
 	addr := "127.0.0.1:0"
-	ns.do(func() {
+	netnstest.In(t, ns, func() {
 		if _, lerr := exec.LookPath("ip"); lerr == nil {
 			if exec.Command("ip", "addr", "add", "198.18.0.1/32", "dev", "lo").Run() == nil {
 				addr = "198.18.0.1:0"
@@ -144,14 +145,11 @@ func TestSocketsPerNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	done := make(chan struct{})
-	ns.goIn(func() {
-		defer close(done)
+	netnstest.In(t, ns, func() {
 		c, f := fill(t, ln, 4, dropWait)
 		connected, failed = len(c), f
 	})
-	<-done
-	ns.do(func() {
+	netnstest.In(t, ns, func() {
 		inside, err = kernel.Sockets()
 		if err == nil {
 			after, err = kernel.ReadCounters()
@@ -193,13 +191,13 @@ func TestSocketsPerNamespace(t *testing.T) {
 // TestSyncookieCounters checks the SYN-cookie counters in a namespace with
 // tcp_syncookies=2, where every SYN is answered with a cookie.
 func TestSyncookieCounters(t *testing.T) {
-	ns := newNetns(t)
+	ns := netnstest.New(t)
 	var (
 		ln            *kernel.Listener
 		before, after kernel.Counters
 		err           error
 	)
-	ns.do(func() {
+	netnstest.In(t, ns, func() {
 		if err = writeSysctl("net/ipv4/tcp_syncookies", 2); err != nil {
 			return
 		}
@@ -213,20 +211,17 @@ func TestSyncookieCounters(t *testing.T) {
 	}
 	defer ln.Close()
 	const n = 3
-	done := make(chan error)
-	ns.goIn(func() {
+	netnstest.In(t, ns, func() {
 		for range n {
-			c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second)
-			if err != nil {
-				done <- err
+			var c net.Conn
+			if c, err = net.DialTimeout("tcp", ln.Addr().String(), time.Second); err != nil {
 				return
 			}
 			c.Write([]byte("x"))
 			c.Close()
 		}
-		done <- nil
 	})
-	if err := <-done; err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
 	for range n {
@@ -236,7 +231,7 @@ func TestSyncookieCounters(t *testing.T) {
 		}
 		c.Close()
 	}
-	ns.do(func() { after, err = kernel.ReadCounters() })
+	netnstest.In(t, ns, func() { after, err = kernel.ReadCounters() })
 	if err != nil {
 		t.Fatal(err)
 	}

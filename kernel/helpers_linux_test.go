@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,17 +14,7 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog/kernel"
-	"golang.org/x/sys/unix"
 )
-
-// requireRoot skips a test that needs root: network namespaces and
-// namespace sysctls.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, sysctls)")
-	}
-}
 
 // requireSS skips a test that compares with ss when iproute2 is missing.
 func requireSS(t testing.TB) {
@@ -212,85 +201,6 @@ func (h *logRecords) warnings() []map[string]string {
 		out = append(out, m)
 	}
 	return out
-}
-
-// netns is a network namespace a test created: a goroutine locked to a
-// thread inside it runs the functions passed to do.
-type netns struct {
-	work chan func()
-	done chan struct{}
-	fd   int // the namespace, to let other threads enter it
-}
-
-// newNetns creates a network namespace with its loopback interface up and
-// removes it when the test ends. It needs root.
-func newNetns(t testing.TB) *netns {
-	t.Helper()
-	requireRoot(t)
-	ns := &netns{work: make(chan func()), done: make(chan struct{})}
-	ready := make(chan error)
-	go func() {
-		// The thread stays locked and dies with the goroutine, taking
-		// the namespace with it.
-		runtime.LockOSThread()
-		err := unix.Unshare(unix.CLONE_NEWNET)
-		if err == nil {
-			err = loopbackUp()
-		}
-		if err == nil {
-			ns.fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		}
-		ready <- err
-		if err != nil {
-			return
-		}
-		for f := range ns.work {
-			f()
-		}
-		unix.Close(ns.fd)
-		close(ns.done)
-	}()
-	if err := <-ready; err != nil {
-		t.Skipf("cannot create a network namespace: %v", err)
-	}
-	t.Cleanup(func() { close(ns.work); <-ns.done })
-	return ns
-}
-
-// do runs f inside the namespace and waits for it.
-func (ns *netns) do(f func()) {
-	finished := make(chan struct{})
-	ns.work <- func() { defer close(finished); f() }
-	<-finished
-}
-
-// goIn runs f on a new goroutine whose thread has entered the namespace.
-// The goroutine's thread is discarded when f returns.
-func (ns *netns) goIn(f func()) {
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(ns.fd, unix.CLONE_NEWNET); err != nil {
-			panic(err)
-		}
-		f()
-	}()
-}
-
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 // writeSysctl sets a sysctl of the calling thread's network namespace.

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/netnstest"
 	"github.com/backlog-dev/backlog/kernel"
 )
 
@@ -15,7 +16,7 @@ import (
 // and parameters give it back through backlog.Lookup, and that a listener
 // there is clamped to that somaxconn, with one warning that says so.
 func TestHostPersonality(t *testing.T) {
-	ns := newNetns(t)
+	ns := netnstest.New(t)
 	want := backlog.LinuxConfig{
 		Somaxconn:         77,
 		SynCookies:        0,
@@ -32,7 +33,7 @@ func TestHostPersonality(t *testing.T) {
 		warnings  []map[string]string
 		linearSet bool
 	)
-	ns.do(func() {
+	netnstest.In(t, ns, func() {
 		def, err = kernel.HostPersonality()
 		if err != nil {
 			return

@@ -18,11 +18,18 @@ import (
 // devices: root, /dev/net/tun and iproute2's ip.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, TUN)")
-	}
+	requireNetns(t)
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skip("needs /dev/net/tun")
+	}
+}
+
+// requireNetns skips the test unless it can make network namespaces: root
+// and iproute2's ip.
+func requireNetns(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces)")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs iproute2's ip")
@@ -32,9 +39,10 @@ func RequireRoot(t testing.TB) {
 var seq atomic.Int32
 
 // New makes a network namespace with its loopback up, removed when the test
-// ends, and returns its name.
+// ends, and returns its name. Without root or ip it skips the test.
 func New(t testing.TB) string {
 	t.Helper()
+	requireNetns(t)
 	name := fmt.Sprintf("backlog-test-%d-%d", os.Getpid(), seq.Add(1))
 	Run(t, "ip", "netns", "add", name)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
