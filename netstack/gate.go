@@ -318,16 +318,8 @@ func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 		g.apply(&fx)
 		return pass
 	case f.Contains(header.TCPFlagAck) && !f.Contains(header.TCPFlagSyn):
-		g.mu.Lock()
-		e := g.conns[s.id]
-		g.mu.Unlock()
 		var fx effects
-		pass := true
-		if e != nil {
-			pass = g.finalACK(l, e, &s, &fx)
-		} else if l.cookiesRecent(g.stack.Clock().NowMonotonic()) {
-			pass = g.cookieACK(l, &s, &fx)
-		}
+		pass := g.ack(l, &s, &fx)
 		g.apply(&fx)
 		return pass
 	}
@@ -416,11 +408,24 @@ func (g *gate) rememberPassedLocked(s *seg) {
 	g.passed[s.id] = passedSYN{isn: s.seq, mss: s.mss, at: now}
 }
 
-// finalACK decides an ACK for a connection the gate holds.
-func (g *gate) finalACK(l *Listener, e *pending, s *seg, fx *effects) bool {
+// ack decides an ACK to a listening port: the final ACK of a handshake the
+// gate holds, perhaps that of a cookie handshake, or a live connection's.
+func (g *gate) ack(l *Listener, s *seg, fx *effects) bool {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	if e.state != stateHalfOpen || g.conns[s.id] != e {
+	if e := g.conns[s.id]; e != nil {
+		defer g.mu.Unlock()
+		return g.finalACKLocked(l, e, s, fx)
+	}
+	g.mu.Unlock()
+	if l.cookiesRecent(g.stack.Clock().NowMonotonic()) {
+		return g.cookieACK(l, s, fx)
+	}
+	return true
+}
+
+// finalACKLocked decides an ACK for a connection the gate holds.
+func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool {
+	if e.state != stateHalfOpen {
 		return true // completing: further segments go to the stack
 	}
 	if !e.haveSYNACK() || s.ack != e.serverISN+1 || !s.checksumValid() {
