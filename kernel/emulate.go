@@ -47,7 +47,14 @@ func (l *Listener) emulate() {
 	}
 }
 
-func (l *Listener) isClosed() bool { return chanClosed(l.done) }
+func (l *Listener) isClosed() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
 
 // acceptQueued takes the oldest connection from the emulated queue, waiting
 // for one. Before it waits it tells the queue that the accepting thread
@@ -56,7 +63,7 @@ func (l *Listener) isClosed() bool { return chanClosed(l.done) }
 func (l *Listener) acceptQueued() (net.Conn, error) {
 	q := l.emu.q
 	for {
-		expired := l.deadline.wait()
+		expired := l.deadline.Done()
 		select {
 		case <-l.done:
 			return nil, l.opError("accept", net.ErrClosed)

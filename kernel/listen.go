@@ -101,6 +101,7 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/deadline"
 )
 
 // MaxBacklog, as a backlog, asks for the largest backlog the system allows:
@@ -249,7 +250,7 @@ type Listener struct {
 	mu       sync.Mutex // serialises SetBacklog and Close
 	closed   bool
 	done     chan struct{}
-	deadline deadline
+	deadline deadline.Deadline
 }
 
 var _ backlog.Listener = (*Listener)(nil)
@@ -279,6 +280,7 @@ func (l *Listener) Close() error {
 	}
 	l.closed = true
 	close(l.done)
+	l.deadline.Stop()
 	err := l.ln.Close()
 	if l.emu != nil {
 		l.emu.wg.Wait()
@@ -303,7 +305,7 @@ func (l *Listener) SetDeadline(t time.Time) error {
 			}
 		}
 	}
-	l.deadline.set(t)
+	l.deadline.Set(t)
 	return nil
 }
 
@@ -553,7 +555,7 @@ func (l *Listener) pause(d time.Duration, userDeadline bool) error {
 	defer t.Stop()
 	var expired <-chan struct{}
 	if userDeadline {
-		expired = l.deadline.wait()
+		expired = l.deadline.Done()
 	}
 	select {
 	case <-t.C:

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/deadline"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -63,9 +64,8 @@ type Listener struct {
 	closed    chan struct{}
 	wg        sync.WaitGroup
 
+	deadline deadline.Deadline
 	mu       sync.Mutex
-	deadline time.Time
-	dlChange chan struct{} // closed and replaced when the deadline changes
 	yield    *time.Timer
 }
 
@@ -107,7 +107,7 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 		return nil, opErr(err)
 	}
 	l := &Listener{host: h, gate: h.gate, p: c.Personality, q: q, proto: proto, local: fa.Addr, dual: dual,
-		closed: make(chan struct{}), dlChange: make(chan struct{})}
+		closed: make(chan struct{})}
 	ep, terr := h.stack.NewEndpoint(tcp.ProtocolNumber, proto, &l.wq)
 	if terr != nil {
 		return nil, opErr(errnoOf(terr, "socket"))
@@ -226,37 +226,14 @@ func (l *Listener) Accept() (net.Conn, error) {
 		// The accepting thread blocks: under the KB 295079 defect, that
 		// is when the slots it freed come back.
 		l.q.Yield()
-		l.mu.Lock()
-		deadline, change := l.deadline, l.dlChange
-		l.mu.Unlock()
-		if err := l.wait(deadline, change); err != nil {
-			return nil, err
+		select {
+		case <-l.q.Ready():
+		case <-l.deadline.Done():
+			return nil, l.opErr("accept", os.ErrDeadlineExceeded)
+		case <-l.closed:
+			return nil, l.opErr("accept", net.ErrClosed)
 		}
 	}
-}
-
-// wait blocks until a connection may be ready, the deadline changes or
-// passes, or the listener closes.
-func (l *Listener) wait(deadline time.Time, change <-chan struct{}) error {
-	var timeout <-chan time.Time
-	if !deadline.IsZero() {
-		d := time.Until(deadline)
-		if d <= 0 {
-			return l.opErr("accept", os.ErrDeadlineExceeded)
-		}
-		t := time.NewTimer(d)
-		defer t.Stop()
-		timeout = t.C
-	}
-	select {
-	case <-l.q.Ready():
-	case <-change:
-	case <-timeout:
-		return l.opErr("accept", os.ErrDeadlineExceeded)
-	case <-l.closed:
-		return l.opErr("accept", net.ErrClosed)
-	}
-	return nil
 }
 
 // armYield pre-empts the accepting thread one quantum after an accept, for
@@ -277,11 +254,7 @@ func (l *Listener) armYield() {
 // SetDeadline sets the time after which Accept fails with an error wrapping
 // os.ErrDeadlineExceeded. The zero time means no deadline.
 func (l *Listener) SetDeadline(t time.Time) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.deadline = t
-	close(l.dlChange)
-	l.dlChange = make(chan struct{})
+	l.deadline.Set(t)
 	return nil
 }
 
@@ -351,6 +324,7 @@ func (l *Listener) Close() error {
 			ep.Abort()
 		}
 		l.gate.dropListener(l)
+		l.deadline.Stop()
 		l.mu.Lock()
 		if l.yield != nil {
 			l.yield.Stop()
