@@ -155,6 +155,25 @@ type world interface {
 	close()
 }
 
+// RunAll runs the experiments side by side, as `backlog lab --personality
+// all` does, and returns their results in order, or the first error of one
+// that could not be set up.
+func RunAll(ctx context.Context, cfgs []Config) ([]Result, error) {
+	results := make([]Result, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, cfg := range cfgs {
+		wg.Go(func() { results[i], errs[i] = Run(ctx, cfg) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return results, nil
+}
+
 // sampleEvery is the timeline's resolution.
 const sampleEvery = 10 * time.Millisecond
 

@@ -4,7 +4,6 @@ package lab
 
 import (
 	"context"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,33 +19,26 @@ import (
 // waits, the longest single run (max-run-s) and the CPU time the process
 // spent (cpu-s/lab).
 func BenchmarkLabAll(b *testing.B) {
-	ps := backlog.All()
+	var cfgs []Config
+	for _, p := range backlog.All() {
+		cfgs = append(cfgs, Config{
+			Personality: p, Transport: Netstack, Backlog: 5,
+			Arrival: 2 * time.Millisecond, Accept: AcceptPolicy{Never: true}, Timeout: 3 * time.Second,
+		})
+	}
 	var wall, longest, cpu time.Duration
 	iters := 0
 	for b.Loop() {
 		cpu0 := cpuTime()
 		start := time.Now()
-		results := make([]Result, len(ps))
-		errs := make([]error, len(ps))
-		var wg sync.WaitGroup
-		for i, p := range ps {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				results[i], errs[i] = Run(context.Background(), Config{
-					Personality: p, Transport: Netstack, Backlog: 5,
-					Arrival: 2 * time.Millisecond, Accept: AcceptPolicy{Never: true}, Timeout: 3 * time.Second,
-				})
-			}()
-		}
-		wg.Wait()
+		results, err := RunAll(context.Background(), cfgs)
 		wall += time.Since(start)
 		cpu += cpuTime() - cpu0
-		for i, err := range errs {
-			if err != nil {
-				b.Fatalf("%s: %v", ps[i].Name, err)
-			}
-			longest = max(longest, time.Duration(results[i].DurationMS*float64(time.Millisecond)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range results {
+			longest = max(longest, time.Duration(r.DurationMS*float64(time.Millisecond)))
 		}
 		iters++
 	}

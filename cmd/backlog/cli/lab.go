@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -108,26 +107,18 @@ func runLab(ctx context.Context, e *env, args []string) error {
 	}
 
 	prog := newProgressView(e, len(ps))
-	results := make([]lab.Result, len(ps))
-	errs := make([]error, len(ps))
-	var wg sync.WaitGroup
+	cfgs := make([]lab.Config, len(ps))
 	for i, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i], errs[i] = lab.Run(ctx, lab.Config{
-				Personality: p, Transport: f.transport, Backlog: f.backlog, Clients: f.clients,
-				Arrival: f.arrival, Accept: policy, Timeout: f.timeout,
-				Progress: func(pr lab.Progress) { prog.update(i, pr) },
-			})
-		}()
-	}
-	wg.Wait()
-	prog.finish()
-	for _, err := range errs {
-		if err != nil {
-			return err
+		cfgs[i] = lab.Config{
+			Personality: p, Transport: f.transport, Backlog: f.backlog, Clients: f.clients,
+			Arrival: f.arrival, Accept: policy, Timeout: f.timeout,
+			Progress: func(pr lab.Progress) { prog.update(i, pr) },
 		}
+	}
+	results, err := lab.RunAll(ctx, cfgs)
+	prog.finish()
+	if err != nil {
+		return err
 	}
 	if svgFile != nil {
 		if err := lab.WriteSVG(svgFile, results); err != nil {
