@@ -125,9 +125,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.mu.Unlock()
 	for l, lb := range ls {
-		s := l.Stats()
+		s, values := l.Stats(), lb.values()
 		for _, m := range metrics {
-			ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(s), lb.values()...)
+			ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(s), values...)
 		}
 	}
 }
