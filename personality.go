@@ -57,6 +57,11 @@ type Personality struct {
 	// defect (KB 295079): a slot freed by accept() comes back only once the
 	// accepting thread yields (Queue.Yield), not at once.
 	DeferredSlotReturn bool
+	// Quantum is, under DeferredSlotReturn, how long the accepting thread
+	// runs after accept() before the scheduler pre-empts it, which is when
+	// the freed slot comes back if the thread has not blocked in accept()
+	// again by then. Zero means DefaultQuantum.
+	Quantum time.Duration
 	// SlotsNeedDescriptors is the Winsock provider model of seeds 001 and 003:
 	// each slot is backed by a socket descriptor, so while descriptors are
 	// exhausted a slot freed by accept() is not refilled, and a later listen()
@@ -70,6 +75,19 @@ type Personality struct {
 	// SYNACK is when this system sends its SYN-ACK again while it waits for
 	// the final ACK, and when it forgets the half-open connection.
 	SYNACK Schedule
+}
+
+// DefaultQuantum is a Windows 2000 Professional thread quantum: two clock
+// ticks of 10 to 15 ms (Windows 2000 Server runs threads for 12 ticks).
+const DefaultQuantum = 30 * time.Millisecond
+
+// YieldAfter returns how long after an accept() the accepting thread yields
+// by pre-emption under DeferredSlotReturn: Quantum, or DefaultQuantum.
+func (p Personality) YieldAfter() time.Duration {
+	if p.Quantum > 0 {
+		return p.Quantum
+	}
+	return DefaultQuantum
 }
 
 // String returns the name and, if any, the parameters: "linux" or
