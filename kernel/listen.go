@@ -1,113 +1,20 @@
-// Package kernel is a listener on real operating-system sockets whose listen
-// backlog is the one you ask for, read back from the kernel, resizable while
-// it listens, and observable. Use it where a Go server would call net.Listen.
-//
-// Go's net.Listen always asks for the host's maximum backlog and offers no
-// way to choose another, read back what the kernel stored, or change it
-// (golang/go#39000). A ListenConfig here creates the socket itself, calls
-// listen() with exactly the backlog asked for, and hands the socket to Go's
-// network poller, so Accept blocks without spinning, deadlines work, Close
-// unblocks a pending Accept, and http.Serve or grpc.Server.Serve take the
-// Listener as they take any net.Listener. Accepted connections are the
-// *net.TCPConn and *net.UnixConn values net.Listen would give.
-//
-// # What the Linux kernel does with the backlog
-//
-// net/socket.c __sys_listen compares the request as an unsigned number with
-// net.core.somaxconn and keeps the smaller, so a negative request means "the
-// maximum" and 0 stays 0. net/ipv4/af_inet.c inet_listen (and
-// net/unix/af_unix.c unix_listen) store it in sk_max_ack_backlog; on a socket
-// that already listens they store the new value and do nothing else, so
-// SetBacklog never drops a waiting connection: a smaller backlog only makes
-// new arrivals wait until accept() has drained the queue below it.
-// include/net/sock.h sk_acceptq_is_full reports a full queue only when more
-// than the backlog wait, so a backlog of N holds N+1 completed connections.
-// A SYN that finds the queue full is dropped without an answer
-// (net/ipv4/tcp_input.c tcp_conn_request), and tcp_listendrop
-// (include/net/tcp.h) counts it in the socket's own sk_drops and in the
-// namespace's ListenDrops.
-//
-// Read-back on Linux comes from the kernel itself: net/ipv4/tcp.c
-// tcp_get_info reports, for a listening socket, the accept-queue length as
-// tcpi_unacked and the stored backlog as tcpi_sacked, the same two numbers
-// `ss -lnt` shows as Recv-Q and Send-Q (net/ipv4/tcp_diag.c
-// tcp_diag_get_info). The drop count is SO_MEMINFO's SK_MEMINFO_DROPS
-// (net/core/sock.c sk_get_meminfo), what `ss -lntm` shows as d. Unix-domain
-// listeners are read through unix_diag (net/unix/diag.c
-// sk_diag_show_rqlen).
-//
-// # Other systems
-//
-// On FreeBSD the backlog is exact and read back with SO_LISTENQLIMIT and
-// SO_LISTENQLEN (sys/kern/uipc_socket.c sogetopt). On macOS it is exact, but
-// XNU has no socket option that reads it back, so Backlog computes it from
-// kern.ipc.somaxconn with the rules of backlog.Darwin and the queue length
-// reads 0. Sockets, SocketByInode and ReadCounters are Linux only. On
-// Windows and the remaining systems Go's runtime owns socket creation, so
-// only the default backlog (0) is available, Backlog reports the documented
-// value (backlog.Windows on Windows), and SetBacklog fails with an error
-// wrapping errors.ErrUnsupported, unless a Personality is set: emulation
-// works everywhere.
-//
-// # Personality emulation
-//
-// With ListenConfig.Personality set, a goroutine accepts every connection
-// from the kernel as soon as it arrives and offers it to a backlog.Queue
-// governed by that personality; Accept takes from that queue. The kernel's
-// own queue is set to its maximum and kept empty. What the personality
-// refuses, resets or ignores is closed with SO_LINGER 0, which sends a reset.
-// This differs from the real system, and from package netstack, in ways no
-// user-space code can avoid: the kernel has already completed the handshake,
-// so a client that a real system would refuse sees its connect() succeed and
-// then a reset (ECONNRESET on its first read or write, or from connect itself
-// when the reset outruns it) instead of ECONNREFUSED; a client the system
-// would ignore also gets that reset instead of silence and a SYN
-// retransmission; and nothing is ever half-open in the queue, so SYN-queue limits, SYN cookies and the eviction of half-open
-// connections (macOS) are not reproduced. Stored backlog, capacity, the
-// outcome of a full queue for completed connections, listen() again (reset
-// the excess, refuse to shrink, keep the old value) and the KB 295079
-// deferred slot are reproduced exactly.
-//
-// # Running out of descriptors
-//
-// When accept() fails with EMFILE or ENFILE (or ENOBUFS, ENOMEM) on Linux or
-// a BSD, Accept does not return the error: it waits, 5 ms at first and
-// doubling to 1 s, and tries again, so a server keeps its listener, burns no
-// CPU, and resumes on its own once descriptors are back; Close and deadlines
-// still end the wait. Linux fails accept() for want of a descriptor before
-// it looks at the queue (net/socket.c __sys_accept4_file calls
-// get_unused_fd_flags first), so without the wait a retrying server would
-// spin. With ListenConfig.ShedLoad
-// the listener also keeps a spare descriptor: while none is free it closes
-// the spare, accepts the next client (waiting for one in the network poller),
-// resets it and reopens the spare, so clients get a prompt reset instead of
-// hanging; the sheds are counted in Stats.Shed. A client that arrives once
-// descriptors are back is served instead. With a Personality whose slots
-// need descriptors (backlog.Personality.SlotsNeedDescriptors), the emulated
-// queue is told when descriptors run out and come back.
 package kernel
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"net"
-	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/backlog-dev/backlog"
-	"github.com/backlog-dev/backlog/internal/deadline"
 )
-
-// MaxBacklog, as a backlog, asks for the largest backlog the system allows:
-// every system this package supports turns a negative request into its
-// maximum (net.core.somaxconn on Linux, kern.ipc.somaxconn on BSDs).
-const MaxBacklog = -1
 
 // A ListenConfig says how to create a listening socket. Its zero value is
 // valid and listens as net.Listen does.
@@ -117,8 +24,10 @@ type ListenConfig struct {
 	// default, as net.Listen picks it (net.core.somaxconn on Linux), or
 	// with a Personality the largest backlog it allows;
 	// backlog.ZeroBacklog asks for 0 itself (one waiting connection on
-	// Linux). Negative values (MaxBacklog) and values above the system
-	// maximum, such as SOMAXCONN, ask for the maximum.
+	// Linux). Negative values (backlog.MaxBacklog) and values above the
+	// system maximum, such as SOMAXCONN, ask for the maximum. The package
+	// documentation of backlog has these rules in one place ("Saying the
+	// backlog").
 	Backlog int
 
 	// ReusePort sets SO_REUSEPORT before bind, so several listeners can
@@ -142,10 +51,11 @@ type ListenConfig struct {
 	// network is "tcp4", "tcp6" or "unix"; address is the address to bind.
 	Control func(network, address string, c syscall.RawConn) error
 
-	// Personality, if not nil, puts a backlog.Queue with these rules in
-	// front of the kernel's queue: see the package documentation for what
-	// emulation reproduces and what it cannot. Nil means no emulation.
-	Personality *backlog.Personality
+	// Personality, unless it is the zero value, puts a backlog.Queue with
+	// these rules in front of the kernel's queue: see the package
+	// documentation for what emulation reproduces and what it cannot. The
+	// zero value means no emulation: the kernel's own rules.
+	Personality backlog.Personality
 
 	// ShedLoad keeps a spare descriptor, and resets waiting clients while
 	// the process has no free descriptor, instead of letting them wait.
@@ -177,161 +87,89 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	default:
 		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
 	}
-	requested, kernelRequest := lc.Backlog, lc.Backlog
-	exact := true
-	switch {
-	case lc.Personality != nil:
-		if requested == 0 {
-			requested = math.MaxInt32 // Personality.Maximum
-		} else if requested == backlog.ZeroBacklog {
-			requested = 0
-		}
-		// The kernel queue only has to hold connections until the
-		// emulation loop takes them: give it all the room there is.
-		kernelRequest, exact = MaxBacklog, false
-	case requested == 0:
-		requested = defaultBacklog()
-		kernelRequest, exact = requested, false
-	case requested == backlog.ZeroBacklog:
-		requested, kernelRequest = 0, 0
+	logger := lc.Logger
+	if logger == nil {
+		logger = slog.Default()
 	}
-	var q *backlog.Queue[net.Conn]
-	if lc.Personality != nil {
-		var err error
-		if q, err = backlog.NewQueue[net.Conn](*lc.Personality, requested); err != nil {
-			return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	if lc.Personality.Name == "" {
+		requested := backlog.ListenRequest(lc.Backlog, defaultBacklog())
+		s, err := lc.listenSocket(ctx, network, address, requested, lc.Backlog != 0, logger)
+		if err != nil {
+			return nil, err
 		}
+		s.warnIfClamped(requested, s.Backlog())
+		return &Listener{front: s, sock: s}, nil
 	}
-	ln, sys, err := lc.sysListen(ctx, network, address, kernelRequest, exact)
+	// The kernel queue only has to hold connections until the emulation
+	// takes them: give it all the room there is.
+	requested := backlog.ListenRequest(lc.Backlog, math.MaxInt32)
+	q, err := backlog.NewQueue[net.Conn](lc.Personality, requested)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	s, err := lc.listenSocket(ctx, network, address, backlog.MaxBacklog, false, logger)
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{
-		ln:       ln,
-		sys:      sys,
-		network:  network,
-		shedLoad: lc.ShedLoad,
-		logger:   lc.Logger,
-		done:     make(chan struct{}),
-	}
-	if l.logger == nil {
-		l.logger = slog.Default()
-	}
-	l.requested.Store(int64(requested))
-	l.stored.Store(int64(sys.computed(kernelRequest)))
-	if q != nil {
-		l.emu = &emulation{q: q}
-		l.emu.wg.Add(1)
-		go l.emulate()
-	}
-	l.warnIfClamped(requested, l.Backlog())
-	return l, nil
+	e := emulate(s, q)
+	e.warnIfClamped(requested, q.Backlog())
+	return &Listener{front: e, sock: s}, nil
 }
 
 // A Listener is a listening socket whose backlog can be read back, changed
 // and watched. It implements backlog.Listener. Its methods are safe for use
 // by many goroutines at once.
 type Listener struct {
-	ln       net.Listener
-	sys      *sysListener
-	network  string
-	shedLoad bool
-	logger   *slog.Logger
-	emu      *emulation
+	// front is what Accept and the queue's methods go to: the socket
+	// itself, or the emulation wrapping it.
+	front queueListener
+	sock  *socketListener
+}
 
-	// requested is the backlog last asked for; stored the last one read
-	// back (or computed where the system offers no read-back).
-	requested, stored atomic.Int64
-	// accepted counts connections taken from the kernel; shed those reset
-	// for lack of descriptors; starved the accept() calls that failed for
-	// lack of descriptors or memory.
-	accepted, shed, starved atomic.Uint64
-
-	mu       sync.Mutex // serialises SetBacklog and Close
-	closed   bool
-	done     chan struct{}
-	deadline deadline.Deadline
+// queueListener is what the socket listener and the emulation that wraps it
+// both provide.
+type queueListener interface {
+	Accept() (net.Conn, error)
+	Close() error
+	SetDeadline(t time.Time) error
+	Backlog() int
+	SetBacklog(n int) error
+	KernelStats() (Stats, error)
 }
 
 var _ backlog.Listener = (*Listener)(nil)
 
 // Addr returns the listener's network address.
-func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+func (l *Listener) Addr() net.Addr { return l.sock.Addr() }
 
 // Accept waits for and returns the next connection. While the process has
 // no free descriptor it keeps waiting (see the package documentation)
 // instead of failing. With a Personality it takes the oldest connection the
 // emulated queue holds.
-func (l *Listener) Accept() (net.Conn, error) {
-	if l.emu != nil {
-		return l.acceptQueued()
-	}
-	return l.acceptKernel(true)
-}
+func (l *Listener) Accept() (net.Conn, error) { return l.front.Accept() }
 
 // Close closes the listener. A pending Accept returns an error that wraps
-// net.ErrClosed. With a Personality, the emulation goroutine has stopped and
-// every connection still queued has been reset when Close returns.
-func (l *Listener) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return l.opError("close", net.ErrClosed)
-	}
-	l.closed = true
-	close(l.done)
-	l.deadline.Stop()
-	err := l.ln.Close()
-	if l.emu != nil {
-		l.emu.wg.Wait()
-		for _, c := range l.emu.q.Close() {
-			abort(c)
-		}
-	}
-	if e := l.sys.close(); err == nil && e != nil {
-		err = l.opError("close", e)
-	}
-	return err
-}
+// net.ErrClosed, and so does a second Close. With a Personality, the
+// emulation goroutine has stopped and every connection still queued has
+// been reset when Close returns.
+func (l *Listener) Close() error { return l.front.Close() }
 
 // SetDeadline sets the deadline for Accept; the zero time means none. An
 // Accept waiting when the deadline passes returns an error whose Timeout
-// method reports true and which wraps os.ErrDeadlineExceeded.
-func (l *Listener) SetDeadline(t time.Time) error {
-	if l.emu == nil {
-		if d, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
-			if err := d.SetDeadline(t); err != nil {
-				return err
-			}
-		}
-	}
-	l.deadline.Set(t)
-	return nil
-}
+// method reports true and which wraps os.ErrDeadlineExceeded; as with
+// net.TCPListener, a deadline already past fails Accept even while
+// connections wait.
+func (l *Listener) SetDeadline(t time.Time) error { return l.front.SetDeadline(t) }
 
 // SyscallConn returns a raw network connection to the listening socket, as
 // (*net.TCPListener).SyscallConn does.
-func (l *Listener) SyscallConn() (syscall.RawConn, error) {
-	sc, ok := l.ln.(syscall.Conn)
-	if !ok {
-		return nil, l.opError("raw-control", errors.ErrUnsupported)
-	}
-	return sc.SyscallConn()
-}
+func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.sock.SyscallConn() }
 
 // Backlog returns the stored backlog. Without a Personality it is read from
 // the kernel on Linux and FreeBSD, and computed from the documented rules
 // elsewhere (see the package documentation); with one, it is what the
 // emulated system stores. After Close it is the last value seen.
-func (l *Listener) Backlog() int {
-	if l.emu != nil {
-		return l.emu.q.Backlog()
-	}
-	if q, err := l.sys.queue(); err == nil {
-		l.note(q)
-	}
-	return int(l.stored.Load())
-}
+func (l *Listener) Backlog() int { return l.front.Backlog() }
 
 // SetBacklog calls listen() again with n, passed exactly as a
 // ListenConfig.Backlog is except that 0 means 0 (as does
@@ -343,43 +181,15 @@ func (l *Listener) Backlog() int {
 // (backlog.Relisten): waiting connections beyond the new backlog may be
 // reset, or the call may fail with an error wrapping both
 // backlog.ErrRelisten and syscall.EINVAL, as gVisor fails.
-func (l *Listener) SetBacklog(n int) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return l.opError("listen", net.ErrClosed)
-	}
-	if n == backlog.ZeroBacklog {
-		n = 0
-	}
-	if l.emu != nil {
-		reset, err := l.emu.q.Listen(n)
-		for _, c := range reset {
-			abort(c)
-		}
-		if err != nil {
-			// gVisor answers EINVAL (backlog.GVisor).
-			return l.opError("listen", fmt.Errorf("%w: %w", os.NewSyscallError("listen", syscall.EINVAL), err))
-		}
-		l.warnIfClamped(n, l.emu.q.Backlog())
-		return nil
-	}
-	if err := l.sys.listen(n); err != nil {
-		return l.opError("listen", err)
-	}
-	l.requested.Store(int64(n))
-	l.stored.Store(int64(l.sys.computed(n)))
-	l.warnIfClamped(n, l.Backlog())
-	return nil
-}
+func (l *Listener) SetBacklog(n int) error { return l.front.SetBacklog(n) }
 
 // Stats returns the listener's gauges and counters as backlog.Stats:
 // Requested, Backlog, Capacity and Len, Accepted, Reset (connections shed
 // for lack of descriptors) and ListenDrops (the socket's own drop count,
 // which on Linux counts every SYN or final ACK the listener dropped,
-// overflows included). The kernel keeps no per-socket count of overflows
-// apart from drops, nor of half-open connections, so ListenOverflows and
-// HalfOpen stay zero: ReadCounters has the namespace-wide counters. With a
+// overflows included). What the kernel does not report per socket (the
+// SYN-level counters, and overflows apart from drops) is marked in
+// Unobserved: ReadCounters has the namespace-wide counters. With a
 // Personality the queue's own statistics are returned, with the kernel's
 // drops and the sheds added.
 //
@@ -389,6 +199,11 @@ func (l *Listener) Stats() backlog.Stats {
 	s, _ := l.KernelStats()
 	return s.Stats
 }
+
+// KernelStats returns the listener's statistics with what only the kernel
+// transport has. The error reports a failed read-back (for instance after
+// Close); the counters kept in user space are filled in regardless.
+func (l *Listener) KernelStats() (Stats, error) { return l.front.KernelStats() }
 
 // Stats is what KernelStats reports: the listener's backlog.Stats and what
 // only a kernel listener has.
@@ -419,66 +234,43 @@ type Stats struct {
 	Inode uint64 `json:"inode"`
 }
 
-// KernelStats returns the listener's statistics with what only the kernel
-// transport has. The error reports a failed read-back (for instance after
-// Close); the counters kept in user space are filled in regardless.
-func (l *Listener) KernelStats() (Stats, error) {
-	q, err := l.sys.queue()
-	if err == nil {
-		l.note(q)
-	} else {
-		q = queueState{Backlog: int(l.stored.Load())}
-		err = l.opError("getsockopt", err)
-	}
-	s := Stats{
-		KernelBacklog: q.Backlog,
-		KernelLen:     q.Len,
-		ReadBack:      q.ReadBack,
-		Drops:         q.Drops,
-		Shed:          l.shed.Load(),
-		Starved:       l.starved.Load(),
-		Inode:         l.sys.inode,
-	}
-	if l.emu != nil {
-		s.Stats = l.emu.q.Stats()
-		s.Reset += s.Shed
-		s.ListenDrops += s.Drops
-		return s, err
-	}
-	s.Requested = int(l.requested.Load())
-	s.Backlog = q.Backlog
-	s.Capacity = capacityOf(q.Backlog)
-	s.Len = q.Len
-	s.Accepted = l.accepted.Load()
-	s.Reset = s.Shed
-	s.ListenDrops = s.Drops
-	return s, err
+// kernelFields are the members of Stats's JSON that backlog.Stats lacks.
+type kernelFields struct {
+	KernelBacklog int    `json:"kernel_backlog"`
+	KernelLen     int    `json:"kernel_queued_now"`
+	ReadBack      bool   `json:"read_back"`
+	Drops         uint64 `json:"drops"`
+	Shed          uint64 `json:"shed"`
+	Starved       uint64 `json:"starved"`
+	Inode         uint64 `json:"inode"`
 }
 
-// note records a read-back.
-func (l *Listener) note(q queueState) { l.stored.Store(int64(q.Backlog)) }
+// MarshalJSON writes the listener's backlog.Stats, with null for what was
+// not observed, followed by what only the kernel transport has.
+func (s Stats) MarshalJSON() ([]byte, error) {
+	rest, err := json.Marshal(kernelFields{s.KernelBacklog, s.KernelLen, s.ReadBack, s.Drops, s.Shed, s.Starved, s.Inode})
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	b.WriteByte('{')
+	s.Stats.AppendJSONFields(&b)
+	b.WriteByte(',')
+	b.Write(rest[1:])
+	return b.Bytes(), nil
+}
 
-// warnIfClamped logs one warning when the system stored less than was asked
-// for, as Redis does when tcp-backlog exceeds somaxconn. Requests that mean
-// "the default" or "the maximum" (0, negative, SOMAXCONN, and anything from
-// the largest C int up) are not warned about.
-func (l *Listener) warnIfClamped(requested, stored int) {
-	if requested <= 0 || requested >= math.MaxInt32 || isSOMAXCONN(requested) || stored >= requested {
-		return
+// UnmarshalJSON reads what MarshalJSON writes.
+func (s *Stats) UnmarshalJSON(data []byte) error {
+	var k kernelFields
+	if err := json.Unmarshal(data, &k); err != nil {
+		return err
 	}
-	attrs := []any{
-		slog.String("addr", l.Addr().String()),
-		slog.Int("requested", requested),
-		slog.Int("stored", stored),
+	if err := s.Stats.UnmarshalJSON(data); err != nil {
+		return err
 	}
-	msg := "listen backlog lower than requested"
-	if l.emu != nil {
-		attrs = append(attrs, slog.String("personality", l.emu.q.Personality().String()))
-	} else if limit, err := Somaxconn(); err == nil {
-		attrs = append(attrs, slog.Int("somaxconn", limit))
-		msg += "; raise " + somaxconnName
-	}
-	l.logger.Warn(msg, attrs...)
+	s.KernelBacklog, s.KernelLen, s.ReadBack, s.Drops, s.Shed, s.Starved, s.Inode = k.KernelBacklog, k.KernelLen, k.ReadBack, k.Drops, k.Shed, k.Starved, k.Inode
+	return nil
 }
 
 // isSOMAXCONN reports whether n is a SOMAXCONN constant a program may pass
@@ -487,99 +279,12 @@ func isSOMAXCONN(n int) bool {
 	return n == syscall.SOMAXCONN || n == hostSOMAXCONN
 }
 
-func (l *Listener) opError(op string, err error) error {
-	return &net.OpError{Op: op, Net: l.network, Addr: l.ln.Addr(), Err: err}
+// clamped reports whether the system stored less than was asked for, leaving
+// out requests that mean "the default" or "the maximum" (0, negative,
+// SOMAXCONN, and anything from the largest C int up).
+func clamped(requested, stored int) bool {
+	return requested > 0 && requested < math.MaxInt32 && !isSOMAXCONN(requested) && stored < requested
 }
-
-// acceptKernel takes the next connection from the kernel, riding out
-// descriptor exhaustion. userDeadline says whether the deadline set with
-// SetDeadline bounds the wait (it does not for the emulation goroutine).
-func (l *Listener) acceptKernel(userDeadline bool) (net.Conn, error) {
-	var delay time.Duration
-	for {
-		c, err := l.ln.Accept()
-		if err == nil {
-			l.accepted.Add(1)
-			if delay > 0 && l.emu != nil {
-				l.emu.q.SetDescriptors(true)
-			}
-			return c, nil
-		}
-		if !starved(err) {
-			return nil, err
-		}
-		l.starved.Add(1)
-		if l.emu != nil {
-			l.emu.q.SetDescriptors(false)
-		}
-		if l.shedLoad && noDescriptors(err) {
-			c, shed, serr := l.sys.shed(l.ln)
-			switch {
-			case c != nil:
-				l.accepted.Add(1)
-				if l.emu != nil {
-					l.emu.q.SetDescriptors(true)
-				}
-				return c, nil
-			case shed:
-				l.shed.Add(1)
-				delay = 0
-				continue
-			case serr != nil && !errors.Is(serr, errNoSpare):
-				return nil, serr
-			}
-		}
-		delay = nextDelay(delay)
-		if err := l.pause(delay, userDeadline); err != nil {
-			return nil, err
-		}
-	}
-}
-
-// Descriptor-exhaustion back-off: from minDelay, doubling, up to maxDelay.
-const (
-	minDelay = 5 * time.Millisecond
-	maxDelay = time.Second
-)
-
-func nextDelay(d time.Duration) time.Duration {
-	if d == 0 {
-		return minDelay
-	}
-	return min(2*d, maxDelay)
-}
-
-// pause waits d, or until Close or, when userDeadline is set, the deadline.
-func (l *Listener) pause(d time.Duration, userDeadline bool) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	var expired <-chan struct{}
-	if userDeadline {
-		expired = l.deadline.Done()
-	}
-	select {
-	case <-t.C:
-		return nil
-	case <-l.done:
-		return l.opError("accept", net.ErrClosed)
-	case <-expired:
-		return l.opError("accept", os.ErrDeadlineExceeded)
-	}
-}
-
-// starved reports whether err is an accept() failure for lack of
-// descriptors or kernel memory: one that goes away by itself.
-func starved(err error) bool {
-	return noDescriptors(err) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
-}
-
-func noDescriptors(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
-}
-
-// errNoSpare says that shedding was impossible because no spare descriptor
-// could be held.
-var errNoSpare = errors.New("no spare descriptor")
 
 // abort closes c with a reset rather than an orderly shutdown.
 func abort(c net.Conn) {
@@ -587,14 +292,6 @@ func abort(c net.Conn) {
 		l.SetLinger(0)
 	}
 	c.Close()
-}
-
-// queueState is one read-back of the kernel's queue.
-type queueState struct {
-	Len, Backlog int
-	Drops        uint64
-	// ReadBack is false when Backlog is computed rather than read.
-	ReadBack bool
 }
 
 // hostCapacity is the host system's capacity rule (N+1 on Linux).

@@ -66,7 +66,7 @@ func (s *sysListener) queue() (queueState, error) {
 	}
 	q := queueState{Len: int(info.Unacked), Backlog: int(info.Sacked), ReadBack: true}
 	if merr == nil {
-		q.Drops = uint64(mem[unix.SK_MEMINFO_DROPS])
+		q.Drops, q.HaveDrops = uint64(mem[unix.SK_MEMINFO_DROPS]), true
 	}
 	return q, nil
 }
@@ -86,7 +86,7 @@ func (s *sysListener) unixQueue() (queueState, error) {
 	if s.rc.Control(func(fd uintptr) {
 		merr = getsockopt(int(fd), unix.SOL_SOCKET, unix.SO_MEMINFO, unsafe.Pointer(&mem), unsafe.Sizeof(mem))
 	}) == nil && merr == nil {
-		q.Drops = uint64(mem[unix.SK_MEMINFO_DROPS])
+		q.Drops, q.HaveDrops = uint64(mem[unix.SK_MEMINFO_DROPS]), true
 	}
 	return q, nil
 }

@@ -2,18 +2,15 @@ package netstack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/backlog-dev/backlog"
-	"github.com/backlog-dev/backlog/internal/deadline"
+	"github.com/backlog-dev/backlog/internal/acceptor"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -32,14 +29,9 @@ type ListenConfig struct {
 	// Backlog is the backlog passed to listen(), clamped as the
 	// personality says. Zero means the largest the personality allows,
 	// which is what Go's net.Listen asks for; backlog.ZeroBacklog asks for
-	// 0 itself.
+	// 0 itself (package backlog, "Saying the backlog", has the rules).
 	Backlog int
 }
-
-// yieldQuantum is how long an accepting thread runs before it is
-// pre-empted, for the KB 295079 defect: a Windows 2000 workstation quantum
-// is two clock ticks of 10 to 15 ms.
-const yieldQuantum = 30 * time.Millisecond
 
 // A Listener is a listening socket on a host: a net.Listener whose queue
 // follows its personality at the SYN and at the final ACK, and that
@@ -49,6 +41,7 @@ type Listener struct {
 	gate  *gate
 	p     backlog.Personality
 	q     *backlog.Queue[*pending]
+	acc   *acceptor.Acceptor[*pending]
 	ep    tcpip.Endpoint
 	tep   stack.TransportEndpoint
 	wq    waiter.Queue
@@ -60,13 +53,7 @@ type Listener struct {
 
 	lastCookie atomic.Int64 // monotonic ns of the last SYN cookie sent; 0 if none
 
-	closeOnce sync.Once
-	closed    chan struct{}
-	wg        sync.WaitGroup
-
-	deadline deadline.Deadline
-	mu       sync.Mutex
-	yield    *time.Timer
+	wg sync.WaitGroup
 }
 
 var _ backlog.Listener = (*Listener)(nil)
@@ -82,12 +69,6 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	if c.Personality.Name == "" {
 		c.Personality = backlog.Host()
 	}
-	switch c.Backlog {
-	case 0:
-		c.Backlog = math.MaxInt32
-	case backlog.ZeroBacklog:
-		c.Backlog = 0
-	}
 	opErr := func(err error) error {
 		return &net.OpError{Op: "listen", Net: network, Addr: stringAddr{network, address}, Err: err}
 	}
@@ -102,12 +83,11 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	if dual {
 		proto = ipv6.ProtocolNumber
 	}
-	q, err := backlog.NewQueue[*pending](c.Personality, c.Backlog)
+	q, err := backlog.NewQueue[*pending](c.Personality, backlog.ListenRequest(c.Backlog, math.MaxInt32))
 	if err != nil {
 		return nil, opErr(err)
 	}
-	l := &Listener{host: h, gate: h.gate, p: c.Personality, q: q, proto: proto, local: fa.Addr, dual: dual,
-		closed: make(chan struct{})}
+	l := &Listener{host: h, gate: h.gate, p: c.Personality, q: q, proto: proto, local: fa.Addr, dual: dual}
 	ep, terr := h.stack.NewEndpoint(tcp.ProtocolNumber, proto, &l.wq)
 	if terr != nil {
 		return nil, opErr(errnoOf(terr, "socket"))
@@ -142,6 +122,18 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 		}
 	}
 	l.addr = &net.TCPAddr{IP: ip, Port: int(bound.Port)}
+	l.acc = acceptor.New(acceptor.Config[*pending]{
+		Queue:   q,
+		Network: "tcp",
+		Addr:    l.addr,
+		Take:    l.take,
+		// Completed connections are reset, at Close as by listen() again.
+		// At Close, half-open ones are reset where they share the limit
+		// with completed ones (BSD soabort, Winsock); where they live in
+		// a SYN queue of their own (Linux inet_csk_listen_stop, gVisor,
+		// FreeBSD's syncache) they are dropped without a word.
+		Reset: func(e *pending, closing bool) { l.gate.resetPending(e, !closing || l.p.HalfOpen.Shared) },
+	})
 	h.gate.addListener(l)
 	l.wg.Add(1)
 	go l.drain()
@@ -190,73 +182,40 @@ func (l *Listener) drain() {
 		}
 		select {
 		case <-notify:
-		case <-l.closed:
+		case <-l.acc.Closed():
 			return
 		}
 	}
 }
 
 // Accept waits for and returns the next connection, oldest first. After
-// Close it returns an error wrapping net.ErrClosed, whatever the deadline.
-func (l *Listener) Accept() (net.Conn, error) {
-	for {
-		select {
-		case <-l.closed:
-			return nil, l.opErr("accept", net.ErrClosed)
-		default:
-		}
-		e, ok := l.q.Accept()
-		if ok {
-			select {
-			case <-e.delivered:
-			case <-l.closed:
-				return nil, l.opErr("accept", net.ErrClosed)
-			}
-			if e.ep == nil {
-				continue // reset before gVisor handed it over
-			}
-			l.armYield()
-			c := newConn(gonet.NewTCPConn(e.wq, e.ep), e.ep)
-			if e.cookieBorn {
-				id := e.id
-				c.onClose = func() { l.gate.retireLater(id) }
-			}
-			return c, nil
-		}
-		// The accepting thread blocks: under the KB 295079 defect, that
-		// is when the slots it freed come back.
-		l.q.Yield()
-		select {
-		case <-l.q.Ready():
-		case <-l.deadline.Done():
-			return nil, l.opErr("accept", os.ErrDeadlineExceeded)
-		case <-l.closed:
-			return nil, l.opErr("accept", net.ErrClosed)
-		}
-	}
-}
+// Close it returns an error wrapping net.ErrClosed, whatever the deadline;
+// as with net.TCPListener, a deadline already past fails it even while
+// connections wait.
+func (l *Listener) Accept() (net.Conn, error) { return l.acc.Accept() }
 
-// armYield pre-empts the accepting thread one quantum after an accept, for
-// personalities with the KB 295079 defect.
-func (l *Listener) armYield() {
-	if !l.p.DeferredSlotReturn {
-		return
+// take waits for gVisor to hand over the endpoint of a connection the
+// queue gave to Accept, and wraps it.
+func (l *Listener) take(e *pending, closed <-chan struct{}) (net.Conn, bool) {
+	select {
+	case <-e.delivered:
+	case <-closed:
+		return nil, false
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.yield == nil {
-		l.yield = time.AfterFunc(yieldQuantum, l.q.Yield)
-	} else {
-		l.yield.Reset(yieldQuantum)
+	if e.ep == nil {
+		return nil, false // reset before gVisor handed it over
 	}
+	c := newConn(gonet.NewTCPConn(e.wq, e.ep), e.ep)
+	if e.cookieBorn {
+		id := e.id
+		c.onClose = func() { l.gate.retireLater(id) }
+	}
+	return c, true
 }
 
 // SetDeadline sets the time after which Accept fails with an error wrapping
 // os.ErrDeadlineExceeded. The zero time means no deadline.
-func (l *Listener) SetDeadline(t time.Time) error {
-	l.deadline.Set(t)
-	return nil
-}
+func (l *Listener) SetDeadline(t time.Time) error { return l.acc.SetDeadline(t) }
 
 // Backlog returns the stored backlog.
 func (l *Listener) Backlog() int { return l.q.Backlog() }
@@ -279,22 +238,8 @@ func (l *Listener) Stats() backlog.Stats { return l.q.Stats() }
 // SetBacklog calls listen() again with n: depending on the personality, the
 // stored backlog changes, pending connections beyond it are reset (clients
 // see ECONNRESET), the backlog is left as it was, or the call fails with an
-// error wrapping syscall.EINVAL.
-func (l *Listener) SetBacklog(n int) error {
-	reset, err := l.q.Listen(n)
-	for _, e := range reset {
-		l.gate.resetPending(e, true)
-	}
-	switch {
-	case errors.Is(err, backlog.ErrRelisten):
-		return l.opErr("listen", os.NewSyscallError("listen", syscall.EINVAL))
-	case errors.Is(err, backlog.ErrClosed):
-		return l.opErr("listen", net.ErrClosed)
-	case err != nil:
-		return l.opErr("listen", err)
-	}
-	return nil
-}
+// error wrapping backlog.ErrRelisten and syscall.EINVAL.
+func (l *Listener) SetBacklog(n int) error { return l.acc.SetBacklog(n) }
 
 // Addr returns the listener's address.
 func (l *Listener) Addr() net.Addr { return l.addr }
@@ -304,33 +249,25 @@ func (l *Listener) Addr() net.Addr { return l.addr }
 // for accept() are reset, as every system does. Half-open ones are reset
 // where they share the limit with completed ones (BSD soabort, Winsock);
 // where they live in a SYN queue of their own (Linux inet_csk_listen_stop,
-// gVisor, FreeBSD's syncache) they are dropped without a word.
+// gVisor, FreeBSD's syncache) they are dropped without a word. A second
+// Close returns an error wrapping net.ErrClosed.
 func (l *Listener) Close() error {
-	l.closeOnce.Do(func() {
-		l.gate.removeListener(l)
-		close(l.closed)
-		for _, e := range l.q.Close() {
-			l.gate.resetPending(e, l.p.HalfOpen.Shared)
+	if err := l.acc.Close(); err != nil {
+		return err
+	}
+	l.gate.removeListener(l)
+	l.ep.Close()
+	l.wg.Wait()
+	// gVisor may hand over a connection before its endpoint closed;
+	// whatever is left is reset.
+	for {
+		ep, _, err := l.ep.Accept(nil)
+		if err != nil {
+			break
 		}
-		l.ep.Close()
-		l.wg.Wait()
-		// gVisor may hand over a connection before its endpoint
-		// closed; whatever is left is reset.
-		for {
-			ep, _, err := l.ep.Accept(nil)
-			if err != nil {
-				break
-			}
-			ep.Abort()
-		}
-		l.gate.dropListener(l)
-		l.deadline.Stop()
-		l.mu.Lock()
-		if l.yield != nil {
-			l.yield.Stop()
-		}
-		l.mu.Unlock()
-	})
+		ep.Abort()
+	}
+	l.gate.dropListener(l)
 	return nil
 }
 

@@ -98,7 +98,8 @@ func TestFullQueueOnTheWire(t *testing.T) {
 				t.Fatal(err)
 			}
 			if p.DeferredSlotReturn {
-				time.Sleep(3 * yieldQuantum) // the accepting thread is pre-empted
+				// The accepting thread is pre-empted one quantum later.
+				waitFor(t, "the freed slot", func() bool { return l.Stats().Unavailable == 0 })
 			}
 			if got, err := try(t, cli, "198.18.0.1:80", 400*time.Millisecond); got != connected {
 				t.Errorf("after one accept: %s (%v); want connected", got, err)
@@ -109,33 +110,63 @@ func TestFullQueueOnTheWire(t *testing.T) {
 
 // TestKB295079OnTheWire reproduces the Windows 2000 SP1 defect: a client
 // arriving right after an accept on a full queue is refused, although a slot
-// is free, until the accepting thread is pre-empted. Every other Windows
-// personality gives the slot at once.
+// is free, until the accepting thread yields: when it blocks in accept()
+// again, or is pre-empted one quantum after the accept. Every other Windows
+// personality gives the slot at once. The quantum is made long where the
+// test needs the thread not to be pre-empted, so that no timing decides.
 func TestKB295079OnTheWire(t *testing.T) {
-	for _, name := range []string{"win2000-sp1-wsd", "windows", "winnt4-server"} {
+	fill := func(t *testing.T, p backlog.Personality) (*Host, *Listener) {
 		_, srv, cli := pair(t, nil)
-		l := listen(t, srv, name, 2)
+		l, err := srv.Listen(context.Background(), "tcp", ":80", &ListenConfig{Personality: p, Backlog: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
 		for i := 0; i < 2; i++ {
 			if got, err := try(t, cli, "198.18.0.1:80", time.Second); got != connected {
-				t.Fatalf("%s: client %d: %s (%v)", name, i, got, err)
+				t.Fatalf("%s: client %d: %s (%v)", p, i, got, err)
 			}
 		}
 		if _, err := l.Accept(); err != nil {
 			t.Fatal(err)
 		}
+		return cli, l
+	}
+	for _, name := range []string{"win2000-sp1-wsd", "windows", "winnt4-server"} {
+		p := backlog.MustLookup(name)
+		p.Quantum = time.Hour
+		cli, l := fill(t, p)
 		want := connected
-		if name == "win2000-sp1-wsd" {
+		if p.DeferredSlotReturn {
 			want = refused
 		}
 		if got, err := try(t, cli, "198.18.0.1:80", time.Second); got != want {
 			t.Errorf("%s: right after accept(): %s (%v); want %s", name, got, err, want)
 		}
-		if name == "win2000-sp1-wsd" {
-			time.Sleep(3 * yieldQuantum)
-			if got, err := try(t, cli, "198.18.0.1:80", time.Second); got != connected {
-				t.Errorf("%s: after the thread yielded: %s (%v); want connected", name, got, err)
-			}
+		if !p.DeferredSlotReturn {
+			continue
 		}
+		if s := l.Stats(); s.DeferredRefusals != 1 {
+			t.Errorf("%s: %d deferred refusals; want 1", name, s.DeferredRefusals)
+		}
+		// The thread takes the one waiting connection and blocks in
+		// accept() again: that is a yield.
+		if _, err := l.Accept(); err != nil {
+			t.Fatal(err)
+		}
+		l.SetDeadline(time.Now().Add(10 * time.Millisecond))
+		if _, err := l.Accept(); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("%s: Accept on an empty queue: %v; want a timeout", name, err)
+		}
+		if got, err := try(t, cli, "198.18.0.1:80", time.Second); got != connected {
+			t.Errorf("%s: after accept() blocked: %s (%v); want connected", name, got, err)
+		}
+	}
+	// With the default quantum, the slot comes back by itself.
+	cli, l := fill(t, backlog.MustLookup("win2000-sp1-wsd"))
+	waitFor(t, "the accepting thread to be pre-empted", func() bool { return l.Stats().Unavailable == 0 })
+	if got, err := try(t, cli, "198.18.0.1:80", time.Second); got != connected {
+		t.Errorf("after the quantum: %s (%v); want connected", got, err)
 	}
 }
 

@@ -1,0 +1,98 @@
+// Package kernel is a listener on real operating-system sockets whose listen
+// backlog is the one you ask for, read back from the kernel, resizable while
+// it listens, and observable. Use it where a Go server would call net.Listen.
+//
+// Go's net.Listen always asks for the host's maximum backlog and offers no
+// way to choose another, read back what the kernel stored, or change it
+// (golang/go#39000). A ListenConfig here creates the socket itself, calls
+// listen() with exactly the backlog asked for, and hands the socket to Go's
+// network poller, so Accept blocks without spinning, deadlines work, Close
+// unblocks a pending Accept, and http.Serve or grpc.Server.Serve take the
+// Listener as they take any net.Listener. Accepted connections are the
+// *net.TCPConn and *net.UnixConn values net.Listen would give.
+//
+// # What the Linux kernel does with the backlog
+//
+// net/socket.c __sys_listen compares the request as an unsigned number with
+// net.core.somaxconn and keeps the smaller, so a negative request means "the
+// maximum" and 0 stays 0. net/ipv4/af_inet.c inet_listen (and
+// net/unix/af_unix.c unix_listen) store it in sk_max_ack_backlog; on a socket
+// that already listens they store the new value and do nothing else, so
+// SetBacklog never drops a waiting connection: a smaller backlog only makes
+// new arrivals wait until accept() has drained the queue below it.
+// include/net/sock.h sk_acceptq_is_full reports a full queue only when more
+// than the backlog wait, so a backlog of N holds N+1 completed connections.
+// A SYN that finds the queue full is dropped without an answer
+// (net/ipv4/tcp_input.c tcp_conn_request), and tcp_listendrop
+// (include/net/tcp.h) counts it in the socket's own sk_drops and in the
+// namespace's ListenDrops.
+//
+// Read-back on Linux comes from the kernel itself: net/ipv4/tcp.c
+// tcp_get_info reports, for a listening socket, the accept-queue length as
+// tcpi_unacked and the stored backlog as tcpi_sacked, the same two numbers
+// `ss -lnt` shows as Recv-Q and Send-Q (net/ipv4/tcp_diag.c
+// tcp_diag_get_info). The drop count is SO_MEMINFO's SK_MEMINFO_DROPS
+// (net/core/sock.c sk_get_meminfo), what `ss -lntm` shows as d. Unix-domain
+// listeners are read through unix_diag (net/unix/diag.c
+// sk_diag_show_rqlen).
+//
+// # Other systems
+//
+// On FreeBSD the backlog is exact and read back with SO_LISTENQLIMIT and
+// SO_LISTENQLEN (sys/kern/uipc_socket.c sogetopt). On macOS it is exact, but
+// XNU has no socket option that reads it back, so Backlog computes it from
+// kern.ipc.somaxconn with the rules of backlog.Darwin and the queue length
+// reads 0. Sockets, SocketByInode and ReadCounters are Linux only. On
+// Windows and the remaining systems Go's runtime owns socket creation, so
+// only the default backlog (0) is available, Backlog reports the documented
+// value (backlog.Windows on Windows), and SetBacklog fails with an error
+// wrapping errors.ErrUnsupported, unless a Personality is set: emulation
+// works everywhere.
+//
+// # Personality emulation
+//
+// With ListenConfig.Personality set, the listener wraps the plain one, as
+// golang.org/x/net/netutil's LimitListener wraps a listener: a goroutine
+// accepts every connection from the kernel as soon as it arrives and offers
+// it to a backlog.Queue governed by that personality, and Accept takes from
+// that queue. The kernel's own queue is set to its maximum and kept empty.
+// The accept side (deadlines, Close, listen() again, the KB 295079 quantum)
+// is the one package netstack uses, so the two agree wherever emulation can
+// reproduce a rule. What the personality refuses, resets or ignores is
+// closed with SO_LINGER 0, which sends a reset.
+//
+// This differs from the real system, and from package netstack, in ways no
+// user-space code above the socket can avoid: the kernel has already
+// completed the handshake, so a client that a real system would refuse sees
+// its connect() succeed and then a reset (ECONNRESET on its first read or
+// write, or from connect itself when the reset outruns it) instead of
+// ECONNREFUSED; a client the system would ignore also gets that reset
+// instead of silence and a SYN retransmission; and nothing is ever half-open
+// in the queue, so SYN-queue limits, SYN cookies and the eviction of
+// half-open connections (macOS) are not reproduced, and Stats marks the
+// half-open count and the SYN-level counters as unobserved. Stored backlog,
+// capacity, which completed connections a full queue keeps and which it
+// turns away, listen() again (reset the excess, refuse to shrink, keep the
+// old value), Close, deadlines and the KB 295079 deferred slot (after one
+// Personality.Quantum, or when Accept blocks) are reproduced exactly; the
+// conformance suite (internal/conformance) checks each against package
+// netstack.
+//
+// # Running out of descriptors
+//
+// When accept() fails with EMFILE or ENFILE (or ENOBUFS, ENOMEM) on Linux or
+// a BSD, Accept does not return the error: it waits, 5 ms at first and
+// doubling to 1 s, and tries again, so a server keeps its listener, burns no
+// CPU, and resumes on its own once descriptors are back; Close and deadlines
+// still end the wait. Linux fails accept() for want of a descriptor before
+// it looks at the queue (net/socket.c __sys_accept4_file calls
+// get_unused_fd_flags first), so without the wait a retrying server would
+// spin. With ListenConfig.ShedLoad
+// the listener also keeps a spare descriptor: while none is free it closes
+// the spare, accepts the next client (waiting for one in the network poller),
+// resets it and reopens the spare, so clients get a prompt reset instead of
+// hanging; the sheds are counted in Stats.Shed. A client that arrives once
+// descriptors are back is served instead. With a Personality whose slots
+// need descriptors (backlog.Personality.SlotsNeedDescriptors), the emulated
+// queue is told when descriptors run out and come back.
+package kernel
