@@ -160,7 +160,7 @@ func TestBacklogSaturates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backlogs := []int{math.MaxInt, kernel.MaxBacklog, -1000, math.MinInt32}
+	backlogs := []int{math.MaxInt, backlog.MaxBacklog, -1000, math.MinInt32}
 	if strconv.IntSize == 64 {
 		wide := int64(1<<32 + 3) // 3 if truncated to 32 bits
 		backlogs = append(backlogs, int(wide))
@@ -194,7 +194,7 @@ func TestClampWarning(t *testing.T) {
 		{limit, false},
 		{5, false},
 		{0, false},
-		{kernel.MaxBacklog, false},
+		{backlog.MaxBacklog, false},
 		{unix.SOMAXCONN, false},
 	} {
 		h := new(logRecords)
@@ -413,7 +413,7 @@ func TestAcceptDeadlineAndClose(t *testing.T) {
 	linux, _ := kernel.HostPersonality()
 	for name, lc := range map[string]*kernel.ListenConfig{
 		"kernel":   {Backlog: 4},
-		"emulated": {Backlog: 4, Personality: &linux},
+		"emulated": {Backlog: 4, Personality: linux},
 	} {
 		t.Run(name, func(t *testing.T) {
 			ln := listen(t, lc, "tcp4", "127.0.0.1:0")

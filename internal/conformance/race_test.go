@@ -21,7 +21,7 @@ import (
 // Close must be harmless.
 func TestRacingCloseAcceptResize(t *testing.T) {
 	trs := []struct {
-		tr transport
+		tr tr
 		p  backlog.Personality
 	}{
 		{netstackTransport(), backlog.MustLookup("linux")},
@@ -31,10 +31,10 @@ func TestRacingCloseAcceptResize(t *testing.T) {
 	if runtime.GOOS == "linux" {
 		host, _ := kernel.HostPersonality()
 		trs = append(trs, struct {
-			tr transport
+			tr tr
 			p  backlog.Personality
 		}{kernelTransport(false), host}, struct {
-			tr transport
+			tr tr
 			p  backlog.Personality
 		}{kernelTransport(true), backlog.MustLookup("wince")})
 	}
@@ -100,13 +100,14 @@ func race(t *testing.T, s server, round int) {
 		}
 	}()
 	var clients sync.WaitGroup
+	base := portRange(8)
 	for i := 0; i < 8; i++ {
 		clients.Add(1)
 		go func() {
 			defer clients.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			defer cancel()
-			if c, err := s.dial(ctx, 20000+round*8+i); err == nil {
+			if c, err := s.dial(ctx, base+i); err == nil {
 				c.Close()
 			}
 		}()

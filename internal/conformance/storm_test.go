@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/transport"
 	"github.com/backlog-dev/backlog/kernel"
-	"github.com/backlog-dev/backlog/netstack"
 )
 
 // A server is a listener and the way a client reaches it.
@@ -37,78 +37,82 @@ type server struct {
 	unseen func() uint64
 }
 
-type transport struct {
-	name  string
-	start func(t *testing.T, p backlog.Personality, backlogN int) server
+// A tr is one transport the suite runs against.
+type tr struct {
+	name string
+	cfg  transport.Config
 }
 
-func netstackTransport() transport {
-	return transport{"netstack", func(t *testing.T, p backlog.Personality, n int) server {
-		net_ := netstack.NewNetwork(nil)
-		srv, _ := net_.NewHost()
-		cli, _ := net_.NewHost()
-		l, err := srv.Listen(context.Background(), "tcp", ":80", &netstack.ListenConfig{Personality: p, Backlog: n})
-		if err != nil {
-			net_.Close()
-			t.Fatal(err)
+func netstackTransport() tr { return tr{"netstack", transport.Config{Transport: transport.Netstack}} }
+
+// kernelTransport listens on loopback; emulate puts the personality in
+// front of the kernel's queue even where it is the host's own, otherwise the
+// kernel's own rules apply to the host's personality.
+func kernelTransport(emulate bool) tr {
+	if emulate {
+		return tr{"kernel-emulated", transport.Config{Transport: transport.Kernel, Emulate: true}}
+	}
+	return tr{"kernel", transport.Config{Transport: transport.Kernel}}
+}
+
+// start opens a listener with p and a backlog of n.
+func (x tr) start(t *testing.T, p backlog.Personality, n int) server {
+	cfg := x.cfg
+	cfg.Personality, cfg.Backlog = p, n
+	srv, err := transport.Open(context.Background(), cfg)
+	if err != nil {
+		if cfg.Transport == transport.Kernel {
+			t.Skipf("no kernel listener: %v", err)
 		}
+		t.Fatal(err)
+	}
+	l := srv.Listener
+	if cfg.Transport == transport.Netstack {
 		return server{
-			l: l,
-			dial: func(ctx context.Context, port int) (net.Conn, error) {
-				return cli.DialFrom(ctx, "tcp", fmt.Sprintf("198.18.0.2:%d", port), "198.18.0.1:80")
-			},
-			shutdown: func() { net_.Close() },
+			l:        l,
+			dial:     srv.DialFrom,
+			shutdown: func() { srv.Close() },
 			unseen: func() uint64 {
 				s := l.Stats()
 				return uint64(s.HalfOpen) + s.SyncookiesSent - s.SyncookiesRecv
 			},
 		}
-	}}
-}
-
-// kernelTransport listens on loopback; emulate puts the personality in
-// front of the kernel's queue, otherwise the kernel's own rules apply.
-func kernelTransport(emulate bool) transport {
-	name := "kernel"
-	if emulate {
-		name = "kernel-emulated"
 	}
-	return transport{name, func(t *testing.T, p backlog.Personality, n int) server {
-		lc := kernel.ListenConfig{Backlog: n}
-		if emulate {
-			lc.Personality = &p
-		}
-		l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Skipf("no kernel listener: %v", err)
-		}
-		addr := l.Addr().String()
-		before, _ := kernel.ReadCounters()
-		base := kernelPorts.Add(1000) - 1000
-		return server{
-			l: l,
-			dial: func(ctx context.Context, port int) (net.Conn, error) {
-				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(base) + port}}
-				return d.DialContext(ctx, "tcp4", addr)
-			},
-			shutdown: func() {},
-			unseen: func() uint64 {
-				// The kernel keeps no per-socket count of half-open
-				// requests or cookies; its namespace-wide counters
-				// since the start bound them: every dropped final ACK
-				// is a ListenOverflows, every cookie a SyncookiesSent.
-				now, _ := kernel.ReadCounters()
-				d := now.Sub(before)
-				return d.ListenOverflows + d.SyncookiesSent
-			},
-		}
-	}}
+	before, _ := kernel.ReadCounters()
+	return server{
+		l:        l,
+		dial:     srv.DialFrom,
+		shutdown: func() { srv.Close() },
+		unseen: func() uint64 {
+			// The kernel keeps no per-socket count of half-open
+			// requests or cookies; its namespace-wide counters
+			// since the start bound them: every dropped final ACK
+			// is a ListenOverflows, every cookie a SyncookiesSent.
+			now, _ := kernel.ReadCounters()
+			d := now.Sub(before)
+			return d.ListenOverflows + d.SyncookiesSent
+		},
+	}
 }
 
-// kernelPorts hands each kernel storm its own range of client ports.
-var kernelPorts atomic.Int32
+// nextPort is the next client port portRange hands out.
+var nextPort atomic.Int32
 
-func init() { kernelPorts.Store(30000) }
+// portRange returns the first of n client ports no other test of the
+// package uses: on the kernel's loopback every test's clients share one
+// address. The ports lie below Linux's ephemeral range (32768 and up), so
+// that no connection of the kernel's choosing holds one.
+func portRange(n int) int {
+	const lo, hi = 10000, 32000
+	for {
+		end := nextPort.Add(int32(n))
+		start := int(end) - n
+		if int(end) <= hi-lo {
+			return lo + start
+		}
+		nextPort.CompareAndSwap(end, 0)
+	}
+}
 
 // client is what one client met.
 type client struct {
@@ -178,6 +182,7 @@ func storm(t *testing.T, s server, cfg stormConfig) {
 	}()
 
 	clients := make([]*client, cfg.clients)
+	base := portRange(cfg.clients)
 	var dials sync.WaitGroup
 	var readers sync.WaitGroup
 	var conns sync.Map
@@ -189,7 +194,7 @@ func storm(t *testing.T, s server, cfg stormConfig) {
 			defer dials.Done()
 			time.Sleep(time.Duration(rand(int(cfg.spread))))
 			dctx, dcancel := context.WithTimeout(ctx, cfg.timeout)
-			conn, err := s.dial(dctx, 20000+i)
+			conn, err := s.dial(dctx, base+i)
 			dcancel()
 			switch {
 			case err == nil:
@@ -326,7 +331,7 @@ func isClosed(ch chan struct{}) bool {
 func TestStormNothingLost(t *testing.T) {
 	cfg := stormConfig{clients: 300, spread: 400 * time.Millisecond, timeout: 1500 * time.Millisecond}
 	type run struct {
-		tr transport
+		tr tr
 		p  backlog.Personality
 	}
 	var runs []run

@@ -15,14 +15,16 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/transport"
 )
 
 // Config describes one run.
 type Config struct {
 	// Personality is the system whose listen() rules the listener follows.
 	Personality backlog.Personality
-	// Transport is where the listener lives: Netstack (the default, in
-	// process) or Kernel (this host's kernel, on loopback).
+	// Transport is where the listener lives: transport.Netstack (the
+	// default, in process) or transport.Kernel (this host's kernel, on
+	// loopback).
 	Transport string
 	// Backlog is the backlog requested with listen().
 	Backlog int
@@ -66,12 +68,6 @@ func (a AcceptPolicy) String() string {
 	}
 	return s
 }
-
-// Transports.
-const (
-	Netstack = "netstack"
-	Kernel   = "kernel"
-)
 
 // Progress is the state of a run while it goes on.
 type Progress struct {
@@ -147,14 +143,6 @@ type Sample struct {
 	Counts
 }
 
-// A world is where a run happens: a listener and a way for clients to reach
-// it.
-type world interface {
-	listen(ctx context.Context, p backlog.Personality, requested int) (backlog.Listener, error)
-	dial(ctx context.Context) (net.Conn, error)
-	close()
-}
-
 // RunAll runs the experiments side by side, as `backlog lab --personality
 // all` does, and returns their results in order, or the first error of one
 // that could not be set up.
@@ -184,29 +172,23 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Timeout = 3 * time.Second
 	}
 	if cfg.Transport == "" {
-		cfg.Transport = Netstack
+		cfg.Transport = transport.Netstack
 	}
-	w, err := newWorld(cfg.Transport)
+	srv, err := transport.Open(ctx, transport.Config{Transport: cfg.Transport, Personality: cfg.Personality, Backlog: cfg.Backlog})
 	if err != nil {
 		return Result{}, err
 	}
-	defer w.close()
-	l, err := w.listen(ctx, cfg.Personality, cfg.Backlog)
-	if err != nil {
-		return Result{}, err
-	}
-	defer l.Close()
-	st := l.Stats()
+	defer srv.Close()
+	st := srv.Listener.Stats()
 	if cfg.Clients == 0 {
 		cfg.Clients = 3 * st.Capacity
 	}
-	r := &run{cfg: cfg, w: w, l: l, start: time.Now(), crowd: newCrowd(cfg.Clients, cfg.Arrival, cfg.Timeout, w.dial)}
+	r := &run{cfg: cfg, l: srv.Listener, start: time.Now(), crowd: newCrowd(cfg.Clients, cfg.Arrival, cfg.Timeout, srv.Dial)}
 	return r.execute(ctx), nil
 }
 
 type run struct {
 	cfg   Config
-	w     world
 	l     backlog.Listener
 	start time.Time
 

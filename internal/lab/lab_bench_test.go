@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backlog-dev/backlog/internal/transport"
+
 	"github.com/backlog-dev/backlog"
 )
 
@@ -22,7 +24,7 @@ func BenchmarkLabAll(b *testing.B) {
 	var cfgs []Config
 	for _, p := range backlog.All() {
 		cfgs = append(cfgs, Config{
-			Personality: p, Transport: Netstack, Backlog: 5,
+			Personality: p, Transport: transport.Netstack, Backlog: 5,
 			Arrival: 2 * time.Millisecond, Accept: AcceptPolicy{Never: true}, Timeout: 3 * time.Second,
 		})
 	}

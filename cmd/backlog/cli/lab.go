@@ -13,6 +13,7 @@ import (
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/lab"
+	"github.com/backlog-dev/backlog/internal/transport"
 )
 
 const labUsage = `Usage: backlog lab [flags]
@@ -60,7 +61,7 @@ func runLab(ctx context.Context, e *env, args []string) error {
 	var f labFlags
 	fs := flag.NewFlagSet("lab", flag.ContinueOnError)
 	fs.Var(&f.personalities, "personality", "")
-	fs.StringVar(&f.transport, "transport", lab.Netstack, "")
+	fs.StringVar(&f.transport, "transport", transport.Netstack, "")
 	fs.IntVar(&f.backlog, "backlog", 5, "")
 	fs.IntVar(&f.clients, "clients", 0, "")
 	fs.DurationVar(&f.arrival, "arrival", 2*time.Millisecond, "")
@@ -83,7 +84,7 @@ func runLab(ctx context.Context, e *env, args []string) error {
 	}
 	policy.After = f.acceptAfter
 	switch {
-	case f.transport != lab.Netstack && f.transport != lab.Kernel:
+	case f.transport != transport.Netstack && f.transport != transport.Kernel:
 		return usagef("lab", "unknown transport %q; valid: netstack, kernel", f.transport)
 	case f.clients < 0 || f.clients > maxClients:
 		return usagef("lab", "--clients must be from 1 to %d", maxClients)
@@ -92,7 +93,7 @@ func runLab(ctx context.Context, e *env, args []string) error {
 	case f.arrival < 0 || f.acceptAfter < 0:
 		return usagef("lab", "--arrival and --accept-after cannot be negative")
 	}
-	ps := []backlog.Personality{hostPersonality()}
+	ps := []backlog.Personality{transport.Host()}
 	if len(f.personalities) > 0 {
 		if ps, err = resolve("lab", f.personalities); err != nil {
 			return err

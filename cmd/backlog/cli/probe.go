@@ -12,6 +12,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/backlog-dev/backlog/internal/transport"
+
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/kernel"
 )
@@ -177,7 +179,7 @@ func runProbe(ctx context.Context, e *env, args []string) error {
 		}
 		requests[i] = int(n)
 	}
-	p := hostPersonality()
+	p := transport.Host()
 	if f.personality != "" {
 		ps, err := resolve("probe", []string{f.personality})
 		if err != nil {

@@ -17,7 +17,7 @@ import (
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/lab"
-	"github.com/backlog-dev/backlog/kernel"
+	"github.com/backlog-dev/backlog/internal/transport"
 	"github.com/backlog-dev/backlog/metrics"
 	"github.com/backlog-dev/backlog/netstack"
 )
@@ -60,7 +60,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	var f serveFlags
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "")
-	fs.StringVar(&f.transport, "transport", lab.Kernel, "")
+	fs.StringVar(&f.transport, "transport", transport.Kernel, "")
 	fs.StringVar(&f.tun, "tun", "", "")
 	fs.StringVar(&f.addr, "addr", "", "")
 	fs.IntVar(&f.backlog, "backlog", 128, "")
@@ -85,11 +85,11 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	switch {
 	case f.handler != "http" && f.handler != "echo":
 		return usagef("serve", "unknown handler %q; valid: http, echo", f.handler)
-	case f.transport != lab.Kernel && f.transport != lab.Netstack:
+	case f.transport != transport.Kernel && f.transport != transport.Netstack:
 		return usagef("serve", "unknown transport %q; valid: kernel, netstack", f.transport)
-	case f.transport == lab.Netstack && (f.tun == "" || f.addr == ""):
+	case f.transport == transport.Netstack && (f.tun == "" || f.addr == ""):
 		return usagef("serve", "--transport netstack needs --tun NAME and --addr CIDR (the user-space host's address)")
-	case f.transport == lab.Kernel && (f.tun != "" || f.addr != ""):
+	case f.transport == transport.Kernel && (f.tun != "" || f.addr != ""):
 		return usagef("serve", "--tun and --addr go with --transport netstack")
 	case f.interval <= 0:
 		return usagef("serve", "--interval must be more than 0")
@@ -97,7 +97,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if _, _, err := net.SplitHostPort(f.listen); err != nil {
 		return usagef("serve", "--listen %q: give HOST:PORT, such as 127.0.0.1:8080", f.listen)
 	}
-	p := hostPersonality()
+	p := transport.Host()
 	if f.personality != "" {
 		ps, err := resolve("serve", []string{f.personality})
 		if err != nil {
@@ -124,7 +124,7 @@ type server struct {
 	p      backlog.Personality
 	policy lab.AcceptPolicy
 
-	host    *netstack.Host // netstack over TUN
+	srv     *transport.Server
 	l       backlog.Listener
 	paced   net.Listener
 	note    string // how the listener follows its personality
@@ -137,23 +137,8 @@ type server struct {
 }
 
 func (s *server) listen(ctx context.Context) error {
-	lb := s.f.backlog
-	if lb == 0 {
-		lb = backlog.ZeroBacklog
-	}
-	switch s.f.transport {
-	case lab.Kernel:
-		lc := kernel.ListenConfig{Backlog: lb}
-		if host := hostPersonality(); host.String() != s.p.String() {
-			lc.Personality = &s.p
-			s.note = "emulated in front of the kernel's queue"
-		}
-		l, err := lc.Listen(ctx, "tcp", s.f.listen)
-		if err != nil {
-			return err
-		}
-		s.l = l
-	case lab.Netstack:
+	cfg := transport.Config{Transport: s.f.transport, Personality: s.p, Backlog: s.f.backlog, Network: "tcp", Address: s.f.listen}
+	if s.f.transport == transport.Netstack {
 		prefix, err := netip.ParsePrefix(s.f.addr)
 		if err != nil || !prefix.Addr().Is4() {
 			return usagef("serve", "--addr %q: give an IPv4 address with its prefix, such as 198.18.0.2/15", s.f.addr)
@@ -162,25 +147,22 @@ func (s *server) listen(ctx context.Context) error {
 		if !ok {
 			return usagef("serve", "--addr %q: the prefix has no room for the kernel's side", s.f.addr)
 		}
-		host, port, _ := net.SplitHostPort(s.f.listen)
+		host, _, _ := net.SplitHostPort(s.f.listen)
 		if host != "" && host != prefix.Addr().String() && host != "0.0.0.0" {
 			return usagef("serve", "--listen %q: with --tun, HOST is the --addr address, %s", s.f.listen, prefix.Addr())
 		}
-		s.host, err = netstack.AttachTUN(netstack.TUNConfig{
-			Name: s.f.tun, Addrs: []netip.Addr{prefix.Addr()},
-			KernelPrefix: netip.PrefixFrom(kernelSide, prefix.Bits()),
-		})
-		if err != nil {
-			return err
-		}
-		s.note = fmt.Sprintf("user space, on %s; the kernel's side is %v", s.f.tun, netip.PrefixFrom(kernelSide, prefix.Bits()))
-		l, err := s.host.Listen(ctx, "tcp", net.JoinHostPort(prefix.Addr().String(), port), &netstack.ListenConfig{Personality: s.p, Backlog: lb})
-		if err != nil {
-			s.host.Close()
-			return err
-		}
-		s.l = l
+		kernelPrefix := netip.PrefixFrom(kernelSide, prefix.Bits())
+		cfg.TUN = &netstack.TUNConfig{Name: s.f.tun, Addrs: []netip.Addr{prefix.Addr()}, KernelPrefix: kernelPrefix}
+		s.note = fmt.Sprintf("user space, on %s; the kernel's side is %v", s.f.tun, kernelPrefix)
 	}
+	srv, err := transport.Open(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if srv.Emulated {
+		s.note = "emulated in front of the kernel's queue"
+	}
+	s.srv, s.l = srv, srv.Listener
 	s.paced = lab.Paced(s.l, s.policy)
 	return nil
 }
@@ -318,7 +300,7 @@ func (s *server) close() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	if s.host != nil {
-		s.host.Close()
+	if s.srv != nil {
+		s.srv.Close()
 	}
 }

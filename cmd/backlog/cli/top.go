@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/backlog-dev/backlog/internal/transport"
+
 	"golang.org/x/term"
 
 	"github.com/backlog-dev/backlog/kernel"
@@ -189,7 +191,7 @@ func runTop(ctx context.Context, e *env, args []string) error {
 	for _, p := range f.processes {
 		filter.processes[p] = true
 	}
-	capacityOf := hostPersonality().CapacityOf
+	capacityOf := transport.Host().CapacityOf
 
 	prev, err := readTop()
 	if err != nil {
