@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,15 +59,9 @@ func emfileHelper(mode string) int {
 			c.Close()
 		}
 	}()
-	// Take every free descriptor, and keep taking any that comes free
-	// until "release": a descriptor some runtime thread held at the
-	// moment of the first sweep, and closed afterwards, would otherwise
-	// serve clients while descriptors are supposed to be out.
-	var hogMu sync.Mutex
+	// Take every free descriptor.
 	var hog []int
 	take := func() error {
-		hogMu.Lock()
-		defer hogMu.Unlock()
 		for {
 			fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 			if err != nil {
@@ -81,19 +76,18 @@ func emfileHelper(mode string) int {
 	if err := take(); err != nil {
 		return fail(err)
 	}
-	stopHog := make(chan struct{})
-	hogDone := make(chan struct{})
-	go func() {
-		defer close(hogDone)
-		for {
-			select {
-			case <-stopHog:
-				return
-			case <-time.After(10 * time.Millisecond):
-				take()
-			}
-		}
-	}()
+	// Something else in the process (the runtime, say) may hold a
+	// descriptor while the hog sweeps and close it later; the listener
+	// would get it. So the limit comes down to just above the lowest
+	// descriptor the hog holds: everything below was open before the
+	// sweep and stays open (stdio, the runtime's, the socket and the
+	// spare), and whatever is closed above can no longer be allocated.
+	lowest := slices.Min(hog)
+	low := lim
+	low.Cur = uint64(lowest + 1)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		return fail(err)
+	}
 	fmt.Println("addr", ln.Addr())
 	cpu := func() time.Duration {
 		var ru syscall.Rusage
@@ -110,8 +104,9 @@ func emfileHelper(mode string) int {
 		case "cpu":
 			fmt.Println("cpu", (cpu() - mark).Microseconds())
 		case "release":
-			close(stopHog)
-			<-hogDone
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+				return fail(err)
+			}
 			for _, fd := range hog {
 				syscall.Close(fd)
 			}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"net"
 	"runtime"
+	"time"
 
 	"github.com/backlog-dev/backlog"
 )
@@ -62,6 +63,8 @@ func (s *sysListener) queue() (queueState, error) {
 func (s *sysListener) computed(int) int { return backlog.Host().Stored(defaultBacklog()) }
 
 // shed is not available: there is no spare descriptor.
-func (s *sysListener) shed(net.Listener) (net.Conn, bool, error) { return nil, false, errNoSpare }
+func (s *sysListener) shed(net.Listener, time.Duration) (net.Conn, bool, error) {
+	return nil, false, errNoSpare
+}
 
 func (s *sysListener) close() error { return nil }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/backlog-dev/backlog"
 	"golang.org/x/sys/unix"
@@ -320,8 +321,12 @@ func (s *sysListener) computed(n int) int {
 }
 
 // shed handles one waiting client while the process has no free
-// descriptor: it closes the spare descriptor, accepts through ln (waiting in
-// the network poller until a client comes, as Accept does), and reopens the
+// descriptor. It waits up to wait for a connection to be in the kernel's
+// queue (poll(2) on the listening socket, which takes no descriptor),
+// keeping the spare meanwhile, and fails with errNoClient if none came: the
+// spare is given up only when accept() can take the client at once, so
+// that nothing else in the process takes the descriptor while the listener
+// waits. Then it closes the spare, accepts through ln, and reopens the
 // spare. If the spare cannot be reopened, descriptors are still exhausted
 // and the client is reset (shed is true). If it can, descriptors have come
 // back and the client is returned. It fails with errNoSpare when no spare
@@ -329,15 +334,20 @@ func (s *sysListener) computed(n int) int {
 // descriptor first.
 //
 // net.TCPListener's raw connection cannot wait for readability
-// (net/rawconn.go rawListener.Read fails with EINVAL), so the wait for a
-// client happens in Accept itself, with the spare closed meanwhile.
-func (s *sysListener) shed(ln net.Listener) (c net.Conn, shed bool, err error) {
+// (net/rawconn.go rawListener.Read fails with EINVAL), so the wait is a
+// poll(2) of the socket inside RawConn.Control.
+func (s *sysListener) shed(ln net.Listener, wait time.Duration) (c net.Conn, shed bool, err error) {
 	s.spareMu.Lock()
 	defer s.spareMu.Unlock()
 	if s.spare < 0 {
 		if s.spare = openSpare(); s.spare < 0 {
 			return nil, false, errNoSpare
 		}
+	}
+	if ready, err := s.readable(wait); err != nil {
+		return nil, false, err
+	} else if !ready {
+		return nil, false, errNoClient
 	}
 	unix.Close(s.spare)
 	c, err = ln.Accept()
@@ -353,6 +363,29 @@ func (s *sysListener) shed(ln net.Listener) (c net.Conn, shed bool, err error) {
 	abort(c)
 	s.spare = openSpare()
 	return nil, true, nil
+}
+
+// readable reports whether a connection waits in the listening socket's
+// queue, waiting up to d for one.
+func (s *sysListener) readable(d time.Duration) (bool, error) {
+	var n int
+	var perr error
+	err := s.rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			n, perr = unix.Poll(fds, int(d/time.Millisecond))
+			if perr != unix.EINTR {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return false, err
+	}
+	if perr != nil {
+		return false, os.NewSyscallError("poll", perr)
+	}
+	return n > 0, nil
 }
 
 // openSpare opens the descriptor held back for shedding, or returns -1.
