@@ -1,0 +1,294 @@
+package netstack
+
+// Handshakes: the gate's decisions at the SYN and the final ACK, and the end of
+// a pending connection.
+
+import (
+	"time"
+
+	"github.com/backlog-dev/backlog"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// passedSYN is a SYN passed without a decision.
+type passedSYN struct {
+	isn uint32
+	mss uint16
+	at  tcpip.MonotonicTime
+}
+
+// maxPassed bounds the SYNs remembered in gate.passed.
+const maxPassed = 1024
+
+// pending is one connection between its SYN and accept(): what the
+// listener's Queue holds.
+type pending struct {
+	l     *Listener
+	id    stack.TransportEndpointID
+	proto tcpip.NetworkProtocolNumber
+	isn   uint32 // the client's initial sequence number
+	start tcpip.MonotonicTime
+
+	// Guarded by gate.mu.
+	state      pendingState
+	synack     []byte // the first SYN-ACK, sent again on schedule
+	serverISN  uint32
+	retx       int // SYN-ACK retransmissions sent
+	allowRetx  int // SYN-ACKs the stack may send in answer to repeated SYNs
+	timer      tcpip.Timer
+	ep         tcpip.Endpoint // the established endpoint, once delivered
+	wq         *waiter.Queue
+	delivered  chan struct{} // closed on delivery or death
+	cookieBorn bool
+}
+
+type pendingState uint8
+
+const (
+	stateHalfOpen   pendingState = iota + 1
+	stateCompleting              // final ACK passed; waiting for gVisor to hand it over
+	stateDelivered
+	stateDead
+)
+
+// syn decides a SYN to a listening port.
+func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return true
+	}
+	if e := g.conns[s.id]; e != nil {
+		if e.state == stateHalfOpen && s.seq == e.isn {
+			// The client sent its SYN again: the stack answers it with
+			// its SYN-ACK once more, as Linux does (tcp_check_req).
+			e.allowRetx++
+		}
+		return true
+	}
+	if g.live(s) {
+		// A SYN to a live connection never reaches the listener; one to a
+		// connection in TIME-WAIT may start a new one, which the stack
+		// hands to the listener, so it is counted. Should the stack answer
+		// this one with a SYN-ACK after all, outbound decides it then.
+		g.rememberPassedLocked(s)
+		return true
+	}
+	_, o := g.admitLocked(l, s.proto, s.id, s.seq, s.mss, g.stack.Clock().NowMonotonic(), fx)
+	return o == backlog.HalfOpen
+}
+
+// admitLocked asks the listener's queue about a SYN from id with ISN isn
+// and MSS option mss, which arrived at start, and carries out the answer:
+// a half-open connection is recorded and timed (the stack answers it), a
+// cookie or a refusal is written to the client, an evicted handshake is
+// ended. It returns the outcome, and the pending connection when admitted.
+func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, isn uint32, mss uint16, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
+	e := &pending{
+		l: l, id: id, proto: proto, isn: isn, start: start,
+		state:     stateHalfOpen,
+		delivered: make(chan struct{}),
+	}
+	o, victim, evicted := l.q.SYN(e)
+	if evicted {
+		g.killLocked(victim, true, fx)
+	}
+	toClient := tcpSpec{
+		proto: proto, src: id.LocalAddress, dst: id.RemoteAddress,
+		sport: id.LocalPort, dport: id.RemotePort, ack: isn + 1,
+	}
+	switch o {
+	case backlog.HalfOpen:
+		g.conns[id] = e
+		g.armLocked(e)
+		return e, o
+	case backlog.Cookie:
+		now := g.stack.Clock().NowMonotonic()
+		l.noteCookie(now)
+		toClient.seq = g.cookies.make(id, isn, mss, g.stack.Clock().Now())
+		toClient.flags, toClient.window, toClient.mss = header.TCPFlagSyn|header.TCPFlagAck, 65535, g.mss
+		fx.sendSpec(toClient)
+	case backlog.Refused:
+		toClient.flags = header.TCPFlagRst | header.TCPFlagAck
+		fx.sendSpec(toClient)
+	}
+	return nil, o
+}
+
+// rememberPassedLocked notes a SYN passed without a decision, within
+// maxPassed: beyond it, old entries go, and if none is old the SYN is
+// simply not remembered (its client may wait for a retransmission).
+func (g *gate) rememberPassedLocked(s *seg) {
+	now := g.stack.Clock().NowMonotonic()
+	if len(g.passed) >= maxPassed {
+		for id, p := range g.passed {
+			if now.Sub(p.at) > time.Second {
+				delete(g.passed, id)
+			}
+		}
+		if len(g.passed) >= maxPassed {
+			return
+		}
+	}
+	g.passed[s.id] = passedSYN{isn: s.seq, mss: s.mss, at: now}
+}
+
+// ack decides an ACK to a listening port: the final ACK of a handshake the
+// gate holds, perhaps that of a cookie handshake, or a live connection's.
+func (g *gate) ack(l *Listener, s *seg, fx *effects) bool {
+	g.mu.Lock()
+	if e := g.conns[s.id]; e != nil {
+		defer g.mu.Unlock()
+		return g.finalACKLocked(l, e, s, fx)
+	}
+	g.mu.Unlock()
+	if l.cookiesRecent(g.stack.Clock().NowMonotonic()) {
+		return g.cookieACK(l, s, fx)
+	}
+	return true
+}
+
+// finalACKLocked decides an ACK for a connection the gate holds.
+func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool {
+	if e.state != stateHalfOpen {
+		return true // completing: further segments go to the stack
+	}
+	if !e.haveSYNACK() || s.ack != e.serverISN+1 || !s.checksumValid() {
+		return true // not the ACK of our SYN-ACK; the stack answers it
+	}
+	switch l.q.Established(e) {
+	case backlog.Queued:
+		e.state = stateCompleting
+		e.stopTimer() // the schedule is over; the timer would keep e alive
+		return true
+	case backlog.HalfOpen:
+		// The accept queue is full: the ACK is dropped, the SYN-ACK
+		// schedule goes on.
+		return false
+	case backlog.Reset:
+		g.killLocked(e, false, fx)
+		fx.sendSpec(resetFor(s))
+		return false
+	}
+	return true
+}
+
+func (e *pending) haveSYNACK() bool { return e.synack != nil }
+
+// peerReset handles a RST from a client: a half-open connection ends.
+func (g *gate) peerReset(s *seg) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e := g.conns[s.id]
+	if e == nil || e.state != stateHalfOpen {
+		return
+	}
+	if e.l.q.Expire(e) {
+		g.forgetLocked(e)
+	}
+}
+
+// killLocked ends the handshake of e in the stack, without a word to the
+// client unless rstClient is set, and forgets it.
+func (g *gate) killLocked(e *pending, rstClient bool, fx *effects) {
+	fx.inject(tcpSpec{
+		proto: e.proto, src: e.id.RemoteAddress, dst: e.id.LocalAddress,
+		sport: e.id.RemotePort, dport: e.id.LocalPort,
+		seq: e.isn + 1, flags: header.TCPFlagRst,
+	})
+	if rstClient {
+		fx.sendSpec(resetTo(e))
+	}
+	g.forgetLocked(e)
+}
+
+// resetTo returns a RST that a client in e's handshake accepts: in its
+// window if it has seen the SYN-ACK, acknowledging its SYN otherwise.
+func resetTo(e *pending) tcpSpec {
+	r := tcpSpec{
+		proto: e.proto, src: e.id.LocalAddress, dst: e.id.RemoteAddress,
+		sport: e.id.LocalPort, dport: e.id.RemotePort,
+	}
+	if e.synack != nil {
+		r.seq, r.flags = e.serverISN+1, header.TCPFlagRst
+	} else {
+		r.ack, r.flags = e.isn+1, header.TCPFlagRst|header.TCPFlagAck
+	}
+	return r
+}
+
+// forgetLocked drops everything the gate holds for e.
+func (g *gate) forgetLocked(e *pending) {
+	e.stopTimer()
+	if g.conns[e.id] == e {
+		delete(g.conns, e.id)
+	}
+	if e.state != stateDelivered {
+		e.state = stateDead
+		close(e.delivered)
+	}
+}
+
+// deliver hands over an endpoint gVisor established for a listener: the
+// connection the gate passed, or one it must now reset.
+func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) {
+	id := ep.(*tcp.Endpoint).TransportEndpointInfo.ID // set before the endpoint was queued
+	g.mu.Lock()
+	e := g.conns[id]
+	if e != nil && e.l == l {
+		delete(g.conns, id)
+	}
+	if e == nil || e.l != l || e.state != stateCompleting {
+		g.mu.Unlock()
+		ep.Abort() // not a connection the gate let through, or reset since
+		if e != nil && e.cookieBorn {
+			g.retireLater(id)
+		}
+		return
+	}
+	e.ep, e.wq = ep, wq
+	e.state = stateDelivered
+	close(e.delivered)
+	g.mu.Unlock()
+}
+
+// resetPending resets a connection the listener's Queue gave up (listen()
+// again, Close): a half-open one is ended in the stack, and the client told
+// if tellHalfOpen is set; a completed one is aborted, which sends the client
+// a RST.
+func (g *gate) resetPending(e *pending, tellHalfOpen bool) {
+	var fx effects
+	g.mu.Lock()
+	switch e.state {
+	case stateHalfOpen:
+		g.killLocked(e, tellHalfOpen, &fx)
+	case stateCompleting:
+		// gVisor has not handed it over: deliver aborts it when it does.
+		e.state = stateDead
+		close(e.delivered)
+	case stateDelivered:
+		fx.abort = append(fx.abort, e.ep)
+	}
+	g.mu.Unlock()
+	g.apply(&fx)
+}
+
+// dropListener forgets every connection of l the gate still holds.
+func (g *gate) dropListener(l *Listener) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, e := range g.conns {
+		if e.l == l {
+			e.stopTimer()
+			delete(g.conns, id)
+			if e.state != stateDelivered && e.state != stateDead {
+				e.state = stateDead
+				close(e.delivered)
+			}
+		}
+	}
+}
