@@ -31,6 +31,9 @@ type Host struct {
 	gate  *gate
 	addrs []netip.Addr
 
+	// net is the in-process network the host is on, or nil.
+	net *Network
+
 	closeOnce sync.Once
 	onClose   func()
 }
@@ -42,7 +45,11 @@ func newHost(clock tcpip.Clock, link stack.LinkEndpoint, mtu uint32, addrs []net
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 		Clock:              clock,
-		HandleLocal:        true,
+		// A connection to the host's own address leaves through the
+		// link and comes back through the gate, so that its listeners'
+		// rules hold for it too: gVisor's local shortcut would pass it
+		// to the listener unseen.
+		HandleLocal: false,
 	})
 	sack := tcpip.TCPSACKEnabled(true)
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
@@ -73,8 +80,8 @@ func newHost(clock tcpip.Clock, link stack.LinkEndpoint, mtu uint32, addrs []net
 // Addrs returns the host's addresses.
 func (h *Host) Addrs() []netip.Addr { return append([]netip.Addr(nil), h.addrs...) }
 
-// Addr returns the host's first address of the family of want (IPv4 if
-// want is false).
+// addr returns the host's first address of the family asked for: IPv6 if
+// v6 is set, IPv4 otherwise.
 func (h *Host) addr(v6 bool) (netip.Addr, bool) {
 	for _, a := range h.addrs {
 		if a.Is6() == v6 {
@@ -174,7 +181,25 @@ func (h *Host) DialFrom(ctx context.Context, network, laddr, address string) (ne
 		return nil, opErr(err)
 	}
 	if fa.Addr.BitLen() == 0 {
-		return nil, opErr(fmt.Errorf("missing address in %q", address))
+		// An unspecified destination is this host, as on Linux
+		// (net/ipv4/route.c ip_route_output_key_hash_rcu), so that a
+		// listener on a wildcard address is reached through its Addr.
+		a, ok := h.addr(proto == ipv6.ProtocolNumber)
+		if !ok && network == "tcp" {
+			a, ok = h.addr(proto != ipv6.ProtocolNumber)
+		}
+		if !ok {
+			return nil, opErr(os.NewSyscallError("connect", syscall.EADDRNOTAVAIL))
+		}
+		fa.Addr = addrOf(a)
+		if a.Is4() {
+			proto = ipv4.ProtocolNumber
+		}
+	}
+	if h.net != nil && !h.net.owned(fa.Addr) {
+		// No host of the network has the address: nothing would ever
+		// answer, and on a real network the last router would say so.
+		return nil, opErr(os.NewSyscallError("connect", syscall.EHOSTUNREACH))
 	}
 	var wq waiter.Queue
 	ep, terr := h.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)

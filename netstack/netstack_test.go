@@ -2,8 +2,10 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,5 +82,41 @@ func TestHostCloseFreesItsAddresses(t *testing.T) {
 	n.Close()
 	if _, err := n.NewHost(); err != ErrNetworkClosed {
 		t.Errorf("NewHost on a closed network: %v; want ErrNetworkClosed", err)
+	}
+}
+
+// TestDialOwnWildcardAddr: a listener on a wildcard address is reached
+// through its own Addr, from its own host, as with the kernel's sockets.
+func TestDialOwnWildcardAddr(t *testing.T) {
+	_, srv, _ := pair(t, nil)
+	for _, network := range []string{"tcp", "tcp4", "tcp6"} {
+		l, err := srv.Listen(context.Background(), network, ":0", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go echo(l)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := srv.Dial(ctx, network, l.Addr().String())
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: dial %v: %v", network, l.Addr(), err)
+		}
+		c.Close()
+		l.Close()
+	}
+}
+
+// TestDialUnownedAddressIsUnreachable: no host of the network has the
+// address, so the dial fails at once with EHOSTUNREACH instead of waiting
+// for SYN retransmissions that nobody will answer.
+func TestDialUnownedAddressIsUnreachable(t *testing.T) {
+	_, _, cli := pair(t, nil)
+	for _, target := range []string{"198.18.9.9:80", "[fdb1:ac6::99]:80"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := cli.Dial(ctx, "tcp", target)
+		cancel()
+		if !errors.Is(err, syscall.EHOSTUNREACH) {
+			t.Errorf("dial %s: %v; want EHOSTUNREACH", target, err)
+		}
 	}
 }

@@ -116,9 +116,18 @@ func (n *Network) NewHost(addrs ...netip.Addr) (*Host, error) {
 	}
 	n.all = append(n.all, h)
 	h.onClose = func() { n.forget(h) }
+	h.net = n
 	p.wg.Add(1)
 	go p.pump()
 	return h, nil
+}
+
+// owned reports whether a host of the network has the address a.
+func (n *Network) owned(a tcpip.Address) bool {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	_, ok := n.hosts[a]
+	return ok
 }
 
 // Dropped returns how many packets the network dropped: destination unknown
