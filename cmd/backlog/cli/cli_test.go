@@ -47,6 +47,7 @@ func TestGoldenText(t *testing.T) {
 	}{
 		{"explain_300.golden", []string{"explain", "300"}},
 		{"explain_edges.golden", []string{"explain", "--personality", "linux", "--personality", "windows", "-1", "0", "SOMAXCONN", "SOMAXCONN_HINT(1000)"}},
+		{"explain_defaults.golden", []string{"explain", "--defaults", "--personality", "linux:somaxconn=4096", "--personality", "darwin"}},
 		{"personalities.golden", []string{"personalities"}},
 		{"personalities_detail.golden", []string{"personalities", "linux:somaxconn=128", "win2000-sp1-wsd"}},
 		{"help.golden", []string{"help"}},
@@ -137,7 +138,7 @@ func TestMisuse(t *testing.T) {
 		{[]string{"explain", "99999999999999999999"}, `not a backlog`},
 		{[]string{"explain", "--personality", "solaris", "5"}, `unknown personality "solaris"; valid: all, winsock1.1,`},
 		{[]string{"explain", "--personality", "linux:somaxconn=x", "5"}, "somaxconn must be an integer"},
-		{[]string{"explain", "--frob", "5"}, "flag provided but not defined: -frob; flags: --json, --personality"},
+		{[]string{"explain", "--frob", "5"}, "flag provided but not defined: -frob; flags: --defaults, --json, --personality"},
 		{[]string{"personalities", "beos"}, `unknown personality "beos"`},
 		{[]string{"help", "nope"}, `unknown command "nope"`},
 	} {
