@@ -209,6 +209,11 @@ func (l *Listener) KernelStats() (Stats, error) { return l.front.KernelStats() }
 // only a kernel listener has.
 type Stats struct {
 	backlog.Stats
+	SocketStats
+}
+
+// SocketStats is what a kernel listener reports beyond backlog.Stats.
+type SocketStats struct {
 	// KernelBacklog and KernelLen are the kernel's stored backlog and
 	// accept-queue length. Without a Personality they equal Backlog and
 	// Len; with one, they describe the kernel queue beneath the emulated
@@ -234,21 +239,10 @@ type Stats struct {
 	Inode uint64 `json:"inode"`
 }
 
-// kernelFields are the members of Stats's JSON that backlog.Stats lacks.
-type kernelFields struct {
-	KernelBacklog int    `json:"kernel_backlog"`
-	KernelLen     int    `json:"kernel_queued_now"`
-	ReadBack      bool   `json:"read_back"`
-	Drops         uint64 `json:"drops"`
-	Shed          uint64 `json:"shed"`
-	Starved       uint64 `json:"starved"`
-	Inode         uint64 `json:"inode"`
-}
-
 // MarshalJSON writes the listener's backlog.Stats, with null for what was
-// not observed, followed by what only the kernel transport has.
+// not observed, followed by the SocketStats.
 func (s Stats) MarshalJSON() ([]byte, error) {
-	rest, err := json.Marshal(kernelFields{s.KernelBacklog, s.KernelLen, s.ReadBack, s.Drops, s.Shed, s.Starved, s.Inode})
+	rest, err := json.Marshal(s.SocketStats)
 	if err != nil {
 		return nil, err
 	}
@@ -262,15 +256,10 @@ func (s Stats) MarshalJSON() ([]byte, error) {
 
 // UnmarshalJSON reads what MarshalJSON writes.
 func (s *Stats) UnmarshalJSON(data []byte) error {
-	var k kernelFields
-	if err := json.Unmarshal(data, &k); err != nil {
+	if err := json.Unmarshal(data, &s.SocketStats); err != nil {
 		return err
 	}
-	if err := s.Stats.UnmarshalJSON(data); err != nil {
-		return err
-	}
-	s.KernelBacklog, s.KernelLen, s.ReadBack, s.Drops, s.Shed, s.Starved, s.Inode = k.KernelBacklog, k.KernelLen, k.ReadBack, k.Drops, k.Shed, k.Starved, k.Inode
-	return nil
+	return s.Stats.UnmarshalJSON(data)
 }
 
 // isSOMAXCONN reports whether n is a SOMAXCONN constant a program may pass

@@ -142,7 +142,7 @@ func (s *socketListener) KernelStats() (Stats, error) {
 		q = queueState{Backlog: int(s.stored.Load())}
 		err = s.opError("getsockopt", err)
 	}
-	st := Stats{
+	st := Stats{SocketStats: SocketStats{
 		KernelBacklog: q.Backlog,
 		KernelLen:     q.Len,
 		ReadBack:      q.ReadBack,
@@ -150,7 +150,7 @@ func (s *socketListener) KernelStats() (Stats, error) {
 		Shed:          s.shed.Load(),
 		Starved:       s.starved.Load(),
 		Inode:         s.sys.inode,
-	}
+	}}
 	st.Requested = int(s.requested.Load())
 	st.Backlog = q.Backlog
 	st.Capacity = capacityOf(q.Backlog)

@@ -171,6 +171,23 @@ func dialable(a *net.TCPAddr) string {
 	return net.JoinHostPort(ip.String(), strconv.Itoa(a.Port))
 }
 
+// netstackAddress is where a netstack listener listens: by default "tcp"
+// on port 80 of the server host.
+func (c Config) netstackAddress() (network, address string) {
+	network, address = c.Network, c.Address
+	if network == "" {
+		network = "tcp"
+	}
+	if address == "" {
+		address = ":80"
+	}
+	return network, address
+}
+
+func (c Config) netstackConfig() *netstack.ListenConfig {
+	return &netstack.ListenConfig{Personality: c.Personality, Backlog: backlog.Exactly(c.Backlog)}
+}
+
 func openNetstack(ctx context.Context, cfg Config) (*Server, error) {
 	n := netstack.NewNetwork(nil)
 	srv, err := n.NewHost()
@@ -183,14 +200,8 @@ func openNetstack(ctx context.Context, cfg Config) (*Server, error) {
 		n.Close()
 		return nil, err
 	}
-	network, address := cfg.Network, cfg.Address
-	if network == "" {
-		network = "tcp"
-	}
-	if address == "" {
-		address = ":80"
-	}
-	l, err := srv.Listen(ctx, network, address, &netstack.ListenConfig{Personality: cfg.Personality, Backlog: backlog.Exactly(cfg.Backlog)})
+	network, address := cfg.netstackAddress()
+	l, err := srv.Listen(ctx, network, address, cfg.netstackConfig())
 	if err != nil {
 		n.Close()
 		return nil, err
@@ -211,13 +222,7 @@ func openTUN(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	network, address := cfg.Network, cfg.Address
-	if network == "" {
-		network = "tcp"
-	}
-	if address == "" {
-		address = ":80"
-	}
+	network, address := cfg.netstackAddress()
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {
 		h.Close()
@@ -226,7 +231,7 @@ func openTUN(ctx context.Context, cfg Config) (*Server, error) {
 	if host == "" || host == "0.0.0.0" {
 		host = cfg.TUN.Addrs[0].String()
 	}
-	l, err := h.Listen(ctx, network, net.JoinHostPort(host, port), &netstack.ListenConfig{Personality: cfg.Personality, Backlog: backlog.Exactly(cfg.Backlog)})
+	l, err := h.Listen(ctx, network, net.JoinHostPort(host, port), cfg.netstackConfig())
 	if err != nil {
 		h.Close()
 		return nil, err
