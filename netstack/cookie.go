@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -99,4 +100,46 @@ func (j *cookieJar) check(id stack.TransportEndpointID, isn, cookie uint32, now 
 		return 0, false
 	}
 	return cookieMSS[idx], true
+}
+
+// With timestamps, a cookie also carries the client's other SYN options, in
+// the low bits of the timestamp the SYN-ACK sends (its tsval), which the
+// client's ACK echoes as tsecr: the client's window scale in the low four
+// bits (all ones for none), SACK-permitted in the fifth, ECN in the sixth
+// (net/ipv4/syncookies.c cookie_init_timestamp and
+// cookie_timestamp_decode). Without timestamps only the MSS survives, as on
+// Linux. gVisor negotiates no ECN, so that bit stays clear.
+const (
+	tsOptionBits = 6
+	tsNoWS       = 0xf
+	tsSACK       = 1 << 4
+)
+
+// cookieTimestamp returns the tsval of a cookie SYN-ACK at a TCP clock of
+// now (milliseconds), carrying the client's window scale ws (negative for
+// none) and SACK-permitted: now with its low bits replaced, and never
+// ahead of it.
+func cookieTimestamp(now uint32, ws int, sack bool) uint32 {
+	opts := uint32(tsNoWS)
+	if ws >= 0 {
+		opts = uint32(min(ws, header.MaxWndScale))
+	}
+	if sack {
+		opts |= tsSACK
+	}
+	ts := now&^(1<<tsOptionBits-1) | opts
+	if ts > now {
+		ts -= 1 << tsOptionBits
+	}
+	return ts
+}
+
+// cookieOptions reads what cookieTimestamp wrote back from the tsecr of
+// the client's ACK: its window scale (-1 for none) and SACK-permitted.
+func cookieOptions(tsecr uint32) (ws int, sack bool) {
+	ws = int(tsecr & tsNoWS)
+	if ws == tsNoWS {
+		ws = -1
+	}
+	return ws, tsecr&tsSACK != 0
 }

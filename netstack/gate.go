@@ -65,6 +65,10 @@ type gate struct {
 	// numbers the gate translates.
 	proxied  map[stack.TransportEndpointID]*proxy
 	nProxied atomic.Int32
+	// retiring holds the translations of cookie-born connections that
+	// have ended, oldest first, until retireTimer retires them.
+	retiring    fifo[retiree]
+	retireTimer tcpip.Timer
 	// passed remembers SYNs passed uncounted because their 4-tuple still
 	// had a live connection: if the stack answers one with a SYN-ACK, that
 	// connection was in fact gone (gVisor had not yet processed its
@@ -186,6 +190,9 @@ func (g *gate) close() {
 	for _, e := range g.conns {
 		e.stopTimer()
 	}
+	if g.retireTimer != nil {
+		g.retireTimer.Stop()
+	}
 	g.mu.Unlock()
 }
 
@@ -198,12 +205,15 @@ func (g *gate) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stac
 }
 
 // WritePackets implements stack.LinkWriter: packets from the NIC pass
-// through the gate on their way to the link.
+// through the gate on their way to the link. Replies of the gate's own that
+// waited for one of them leave right after.
 func (g *gate) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	var after effects
+	defer g.apply(&after)
 	all := pkts.AsSlice()
 	keep := -1 // the first packet to drop, if any
 	for i, pkt := range all {
-		if !g.outbound(pkt) {
+		if !g.outbound(pkt, &after) {
 			keep = i
 			break
 		}
@@ -213,7 +223,7 @@ func (g *gate) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	}
 	var rest stack.PacketBufferList
 	for i, pkt := range all {
-		if i < keep || (i > keep && g.outbound(pkt)) {
+		if i < keep || (i > keep && g.outbound(pkt, &after)) {
 			pkt.IncRef()
 			rest.PushBack(pkt)
 		}
@@ -228,10 +238,12 @@ func (g *gate) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 }
 
 // injectIn hands a packet the gate made to the stack as if it had arrived.
-func (g *gate) injectIn(t tcpSpec) {
-	b := t.build()
+func (g *gate) injectIn(t tcpSpec) { g.injectBytes(t.proto, t.build()) }
+
+// injectBytes hands a packet's bytes to the stack as if they had arrived.
+func (g *gate) injectBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
 	pkt := newPacket(b)
-	g.Endpoint.DeliverNetworkPacket(t.proto, pkt)
+	g.Endpoint.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
 }
 
@@ -255,17 +267,18 @@ func bytesOf(pkt *stack.PacketBuffer) []byte {
 // inbound decides an arriving packet's fate and reports whether to pass it
 // to the stack.
 func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
-	s, ok := parse(bytesOf(pkt), true)
+	b := bytesOf(pkt)
+	s, ok := parse(b, true)
 	if !ok {
 		return true
 	}
 	if p := g.proxyFor(s.id); p != nil {
-		if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn || g.live(&s) {
-			return g.translateIn(p, &s)
+		if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn || !p.open.Load() || g.live(&s) {
+			return g.translateIn(p, &s, b)
 		}
 		// A new connection on the 4-tuple of a cookie-born one that is
 		// over: its translation must not touch the new one.
-		g.retire(s.id)
+		g.retire(p)
 	}
 	l := g.listenerFor(s.proto, s.id)
 	if l == nil {
@@ -285,7 +298,7 @@ func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 		return pass
 	case f.Contains(header.TCPFlagAck) && !f.Contains(header.TCPFlagSyn):
 		var fx effects
-		pass := g.ack(l, &s, &fx)
+		pass := g.ack(l, &s, b, &fx)
 		g.apply(&fx)
 		return pass
 	}
@@ -309,7 +322,7 @@ func (g *gate) live(s *seg) bool {
 }
 
 // outbound decides a leaving packet's fate and reports whether to send it.
-func (g *gate) outbound(pkt *stack.PacketBuffer) bool {
+func (g *gate) outbound(pkt *stack.PacketBuffer, after *effects) bool {
 	s, ok := parseOutbound(pkt)
 	if !ok {
 		return true
@@ -332,7 +345,7 @@ func (g *gate) outbound(pkt *stack.PacketBuffer) bool {
 	if e == nil {
 		if p, ok := g.passed[s.id]; ok && s.ack == p.isn+1 {
 			delete(g.passed, s.id)
-			e, _ = g.admitLocked(l, s.proto, s.id, p.isn, p.mss, p.at, &fx)
+			e, _ = g.admitLocked(l, s.proto, s.id, p.isn, p.syn, p.at, &fx)
 		}
 	}
 	if e == nil || e.state == stateDead {
@@ -353,6 +366,7 @@ func (g *gate) outbound(pkt *stack.PacketBuffer) bool {
 		v.Release()
 		e.serverISN = s.seq
 		g.armLocked(e)
+		g.answeredLocked(e, after)
 		return true
 	}
 	if e.allowRetx > 0 {

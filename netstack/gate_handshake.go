@@ -17,7 +17,7 @@ import (
 // passedSYN is a SYN passed without a decision.
 type passedSYN struct {
 	isn uint32
-	mss uint16
+	syn header.TCPSynOptions
 	at  tcpip.MonotonicTime
 }
 
@@ -44,6 +44,9 @@ type pending struct {
 	wq         *waiter.Queue
 	delivered  chan struct{} // closed on delivery or death
 	cookieBorn bool
+	// answered is set once the SYN has had its answer: the stack's
+	// SYN-ACK left, or the connection died first (see answer).
+	answered bool
 }
 
 type pendingState uint8
@@ -78,16 +81,16 @@ func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
 		g.rememberPassedLocked(s)
 		return true
 	}
-	_, o := g.admitLocked(l, s.proto, s.id, s.seq, s.mss, g.stack.Clock().NowMonotonic(), fx)
+	_, o := g.admitLocked(l, s.proto, s.id, s.seq, s.syn, g.stack.Clock().NowMonotonic(), fx)
 	return o == backlog.HalfOpen
 }
 
 // admitLocked asks the listener's queue about a SYN from id with ISN isn
-// and MSS option mss, which arrived at start, and carries out the answer:
-// a half-open connection is recorded and timed (the stack answers it), a
+// and options syn, which arrived at start, and carries out the answer: a
+// half-open connection is recorded and timed (the stack answers it), a
 // cookie or a refusal is written to the client, an evicted handshake is
 // ended. It returns the outcome, and the pending connection when admitted.
-func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, isn uint32, mss uint16, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
+func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, isn uint32, syn header.TCPSynOptions, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
 	e := &pending{
 		l: l, id: id, proto: proto, isn: isn, start: start,
 		state:     stateHalfOpen,
@@ -97,26 +100,65 @@ func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id st
 	if evicted {
 		g.killLocked(victim, true, fx)
 	}
-	toClient := tcpSpec{
-		proto: proto, src: id.LocalAddress, dst: id.RemoteAddress,
-		sport: id.LocalPort, dport: id.RemotePort, ack: isn + 1,
-	}
 	switch o {
 	case backlog.HalfOpen:
 		g.conns[id] = e
 		g.armLocked(e)
+		l.answers.push(answer{e: e})
 		return e, o
 	case backlog.Cookie:
-		now := g.stack.Clock().NowMonotonic()
-		l.noteCookie(now)
-		toClient.seq = g.cookies.make(id, isn, mss, g.stack.Clock().Now())
-		toClient.flags, toClient.window, toClient.mss = header.TCPFlagSyn|header.TCPFlagAck, 65535, g.mss
-		fx.sendSpec(toClient)
+		l.noteCookie(g.stack.Clock().NowMonotonic())
+		g.answerLocked(l, g.cookieSYNACK(l, proto, id, isn, syn).build(), fx)
 	case backlog.Refused:
-		toClient.flags = header.TCPFlagRst | header.TCPFlagAck
-		fx.sendSpec(toClient)
+		g.answerLocked(l, tcpSpec{
+			proto: proto, src: id.LocalAddress, dst: id.RemoteAddress,
+			sport: id.LocalPort, dport: id.RemotePort,
+			ack: isn + 1, flags: header.TCPFlagRst | header.TCPFlagAck,
+		}.build(), fx)
 	}
 	return nil, o
+}
+
+// An answer is one decided SYN's reply, kept in the order the SYNs were
+// decided, so that replies leave in that order whoever writes them: the
+// stack's own SYN-ACK for a SYN passed to it (e), which comes once its
+// processor has handled the SYN, or one the gate wrote at once (b), a
+// cookie SYN-ACK or a reset, which must not overtake it. A listener's SYNs
+// reach the stack in the order the gate passed them and its processor
+// answers them in that order, so only the gate's own replies wait.
+type answer struct {
+	e *pending
+	b []byte
+}
+
+// answerLocked sends b, the gate's reply to a SYN of l's, once every SYN
+// decided before it has had its answer.
+func (g *gate) answerLocked(l *Listener, b []byte, fx *effects) {
+	if l.answers.len() == 0 {
+		fx.send(b)
+		return
+	}
+	l.answers.push(answer{b: b})
+}
+
+// answeredLocked notes that e's SYN has had its answer, its SYN-ACK having
+// left or e having died, and sends the replies that waited for it.
+func (g *gate) answeredLocked(e *pending, fx *effects) {
+	if e.answered {
+		return
+	}
+	e.answered = true
+	q := &e.l.answers
+	for {
+		a, ok := q.peek()
+		if !ok || (a.e != nil && !a.e.answered) {
+			return
+		}
+		q.pop()
+		if a.b != nil && fx != nil {
+			fx.send(a.b)
+		}
+	}
 }
 
 // rememberPassedLocked notes a SYN passed without a decision, within
@@ -134,12 +176,12 @@ func (g *gate) rememberPassedLocked(s *seg) {
 			return
 		}
 	}
-	g.passed[s.id] = passedSYN{isn: s.seq, mss: s.mss, at: now}
+	g.passed[s.id] = passedSYN{isn: s.seq, syn: s.syn, at: now}
 }
 
 // ack decides an ACK to a listening port: the final ACK of a handshake the
 // gate holds, perhaps that of a cookie handshake, or a live connection's.
-func (g *gate) ack(l *Listener, s *seg, fx *effects) bool {
+func (g *gate) ack(l *Listener, s *seg, b []byte, fx *effects) bool {
 	g.mu.Lock()
 	if e := g.conns[s.id]; e != nil {
 		defer g.mu.Unlock()
@@ -147,7 +189,7 @@ func (g *gate) ack(l *Listener, s *seg, fx *effects) bool {
 	}
 	g.mu.Unlock()
 	if l.cookiesRecent(g.stack.Clock().NowMonotonic()) {
-		return g.cookieACK(l, s, fx)
+		return g.cookieACK(l, s, b, fx)
 	}
 	return true
 }
@@ -181,6 +223,8 @@ func (e *pending) haveSYNACK() bool { return e.synack != nil }
 
 // peerReset handles a RST from a client: a half-open connection ends.
 func (g *gate) peerReset(s *seg) {
+	var fx effects
+	defer g.apply(&fx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	e := g.conns[s.id]
@@ -188,7 +232,7 @@ func (g *gate) peerReset(s *seg) {
 		return
 	}
 	if e.l.q.Expire(e) {
-		g.forgetLocked(e)
+		g.forgetLocked(e, &fx)
 	}
 }
 
@@ -203,7 +247,7 @@ func (g *gate) killLocked(e *pending, rstClient bool, fx *effects) {
 	if rstClient {
 		fx.sendSpec(resetTo(e))
 	}
-	g.forgetLocked(e)
+	g.forgetLocked(e, fx)
 }
 
 // resetTo returns a RST that a client in e's handshake accepts: in its
@@ -221,9 +265,11 @@ func resetTo(e *pending) tcpSpec {
 	return r
 }
 
-// forgetLocked drops everything the gate holds for e.
-func (g *gate) forgetLocked(e *pending) {
+// forgetLocked drops everything the gate holds for e; replies that waited
+// behind its SYN's answer go out through fx.
+func (g *gate) forgetLocked(e *pending, fx *effects) {
 	e.stopTimer()
+	g.answeredLocked(e, fx)
 	if g.conns[e.id] == e {
 		delete(g.conns, e.id)
 	}
@@ -277,10 +323,14 @@ func (g *gate) resetPending(e *pending, tellHalfOpen bool) {
 	g.apply(&fx)
 }
 
-// dropListener forgets every connection of l the gate still holds.
+// dropListener forgets every connection of l the gate still holds, and
+// the replies it had not sent yet.
 func (g *gate) dropListener(l *Listener) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	for l.answers.len() > 0 {
+		l.answers.pop()
+	}
 	for id, e := range g.conns {
 		if e.l == l {
 			e.stopTimer()

@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -52,6 +53,12 @@ type Listener struct {
 	dual  bool          // an IPv6 listener that also takes IPv4
 
 	lastCookie atomic.Int64 // monotonic ns of the last SYN cookie sent; 0 if none
+	// rcvScale is the window scale gVisor offers on this listener's
+	// connections, which a cookie SYN-ACK must offer too.
+	rcvScale int
+	// answers are the replies to this listener's SYNs in the order the
+	// gate decided them, guarded by gate.mu (see answer).
+	answers fifo[answer]
 
 	wg sync.WaitGroup
 }
@@ -113,6 +120,7 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	}
 	l.ep = ep
 	l.tep = ep.(stack.TransportEndpoint)
+	l.rcvScale = windowScale(h.stack, ep)
 	l.port = bound.Port
 	ip := net.IP(bound.Addr.AsSlice())
 	if bound.Addr.BitLen() == 0 {
@@ -138,6 +146,22 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	l.wg.Add(1)
 	go l.drain()
 	return l, nil
+}
+
+// windowScale returns the window scale gVisor offers on the connections of
+// the listening endpoint ep: for its receive buffer, or for the largest one
+// when receive buffers are tuned automatically (gVisor's
+// rcvWndScaleForHandshake).
+func windowScale(s *stack.Stack, ep tcpip.Endpoint) int {
+	size := ep.SocketOptions().GetReceiveBufferSize()
+	var moderate tcpip.TCPModerateReceiveBufferOption
+	if s.TransportProtocolOption(tcp.ProtocolNumber, &moderate) == nil && bool(moderate) {
+		var rs tcpip.TCPReceiveBufferSizeRangeOption
+		if s.TransportProtocolOption(tcp.ProtocolNumber, &rs) == nil {
+			size = int64(rs.Max)
+		}
+	}
+	return tcp.FindWndScale(seqnum.Size(size))
 }
 
 // accepts reports whether a segment of the given protocol to local belongs

@@ -1,6 +1,8 @@
 package netstack
 
 import (
+	"encoding/binary"
+
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -22,8 +24,9 @@ type seg struct {
 	window uint16
 	// payload is the number of TCP payload bytes.
 	payload int
-	// mss is the MSS option of a SYN, 0 if absent.
-	mss uint16
+	// syn is the options of a SYN: MSS (536 if absent), window scale (-1
+	// if absent), SACK-permitted and timestamps.
+	syn header.TCPSynOptions
 	// tcp is the TCP header and payload, aliasing the packet, so that
 	// the gate can rewrite sequence numbers in place.
 	tcp header.TCP
@@ -92,7 +95,7 @@ func parseTCP(proto tcpip.NetworkProtocolNumber, src, dst tcpip.Address, l4 []by
 	s.payload = len(l4) - off
 	s.pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(l4)))
 	if s.flags.Contains(header.TCPFlagSyn) {
-		s.mss = header.ParseSynOptions(t.Options(), s.flags.Contains(header.TCPFlagAck)).MSS
+		s.syn = header.ParseSynOptions(t.Options(), s.flags.Contains(header.TCPFlagAck))
 	}
 	if inbound {
 		s.id = stack.TransportEndpointID{LocalPort: t.DestinationPort(), LocalAddress: dst, RemotePort: t.SourcePort(), RemoteAddress: src}
@@ -187,15 +190,42 @@ type tcpSpec struct {
 	flags    header.TCPFlags
 	window   uint16
 	mss      uint16 // an MSS option when not zero
+	wsOK     bool   // a window-scale option (SYNs only) with shift ws
+	ws       int
+	sackPerm bool // a SACK-permitted option
+	ts       bool // a timestamps option with tsval and tsecr
+	tsval    uint32
+	tsecr    uint32
+	payload  []byte
+}
+
+// optionsLen returns the length of the options t carries, padded to a
+// multiple of four.
+func (t *tcpSpec) optionsLen() int {
+	n := 0
+	if t.mss != 0 {
+		n += header.TCPOptionMSSLength
+	}
+	if t.wsOK {
+		n += 1 + header.TCPOptionWSLength // NOP, WS
+	}
+	if t.sackPerm {
+		n += 2 + header.TCPOptionSackPermittedLength // NOP NOP, SACK-permitted
+	}
+	if t.ts {
+		n += 2 + header.TCPOptionTSLength // NOP NOP, TS
+	}
+	return n
 }
 
 // build returns the bytes of an IPv4 or IPv6 packet carrying the segment.
 func (t tcpSpec) build() []byte {
-	optLen := 0
-	if t.mss != 0 {
-		optLen = header.TCPOptionMSSLength
+	if !t.flags.Contains(header.TCPFlagSyn) {
+		t.wsOK = false // window scale is a SYN's option only (RFC 7323)
 	}
-	tcpLen := header.TCPMinimumSize + optLen
+	optLen := t.optionsLen()
+	hdrLen := header.TCPMinimumSize + optLen
+	tcpLen := hdrLen + len(t.payload)
 	ipLen := header.IPv4MinimumSize
 	if t.proto == ipv6.ProtocolNumber {
 		ipLen = header.IPv6MinimumSize
@@ -226,16 +256,116 @@ func (t tcpSpec) build() []byte {
 		DstPort:    t.dport,
 		SeqNum:     t.seq,
 		AckNum:     t.ack,
-		DataOffset: uint8(tcpLen),
+		DataOffset: uint8(hdrLen),
 		Flags:      t.flags,
 		WindowSize: t.window,
 	})
+	o := tcp[header.TCPMinimumSize:]
 	if t.mss != 0 {
-		header.EncodeMSSOption(uint32(t.mss), tcp[header.TCPMinimumSize:])
+		o = o[header.EncodeMSSOption(uint32(t.mss), o):]
 	}
+	if t.wsOK {
+		o = o[header.EncodeNOP(o):]
+		o = o[header.EncodeWSOption(t.ws, o):]
+	}
+	if t.sackPerm {
+		o = o[header.EncodeNOP(o):]
+		o = o[header.EncodeNOP(o):]
+		o = o[header.EncodeSACKPermittedOption(o):]
+	}
+	if t.ts {
+		o = o[header.EncodeNOP(o):]
+		o = o[header.EncodeNOP(o):]
+		header.EncodeTSOption(t.tsval, t.tsecr, o)
+	}
+	copy(tcp[hdrLen:], t.payload)
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, t.src, t.dst, uint16(tcpLen))
+	xsum = checksum.Checksum(t.payload, xsum)
 	tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
 	return b
+}
+
+// option finds the first TCP option of the given kind in s and returns its
+// offset in s.tcp, or -1.
+func (s *seg) option(kind byte) int {
+	opts := s.tcp[header.TCPMinimumSize:s.tcp.DataOffset()]
+	for i := 0; i < len(opts); {
+		switch opts[i] {
+		case header.TCPOptionEOL:
+			return -1
+		case header.TCPOptionNOP:
+			i++
+			continue
+		}
+		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
+			return -1
+		}
+		if opts[i] == kind {
+			return header.TCPMinimumSize + i
+		}
+		i += int(opts[i+1])
+	}
+	return -1
+}
+
+// timestamps returns the timestamps option of s, if it has one.
+func (s *seg) timestamps() (tsval, tsecr uint32, ok bool) {
+	off := s.option(header.TCPOptionTS)
+	if off < 0 || s.tcp[off+1] != header.TCPOptionTSLength {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint32(s.tcp[off+2:]), binary.BigEndian.Uint32(s.tcp[off+6:]), true
+}
+
+// addTimestamps adds dval to the tsval and decr to the tsecr of s's
+// timestamps option, if it has one, in place.
+func (s *seg) addTimestamps(dval, decr uint32) {
+	off := s.option(header.TCPOptionTS)
+	if off < 0 || s.tcp[off+1] != header.TCPOptionTSLength {
+		return
+	}
+	if dval != 0 {
+		s.set32(off+2, binary.BigEndian.Uint32(s.tcp[off+2:])+dval)
+	}
+	if decr != 0 {
+		s.set32(off+6, binary.BigEndian.Uint32(s.tcp[off+6:])+decr)
+	}
+}
+
+// addSACK adds d to both edges of every SACK block of s, in place.
+func (s *seg) addSACK(d uint32) {
+	off := s.option(header.TCPOptionSACK)
+	if off < 0 {
+		return
+	}
+	n := int(s.tcp[off+1])
+	for i := off + 2; i+8 <= off+n; i += 8 {
+		s.set32(i, binary.BigEndian.Uint32(s.tcp[i:])+d)
+		s.set32(i+4, binary.BigEndian.Uint32(s.tcp[i+4:])+d)
+	}
+}
+
+// setWindow sets the window field of s in place.
+func (s *seg) setWindow(w uint16) {
+	old := s.tcp.WindowSize()
+	s.tcp.SetWindowSize(w)
+	s.tcp.SetChecksum(^checksum.Combine(checksum.Combine(^s.tcp.Checksum(), ^old), w))
+}
+
+// set32 writes v at offset off of s.tcp and updates the checksum: for
+// each 16-bit word of the header that changes, ~(~HC + ~m + m') (RFC
+// 1624), whether or not off is even.
+func (s *seg) set32(off int, v uint32) {
+	lo, hi := off&^1, (off+4+1)&^1
+	var before [6]byte
+	n := copy(before[:], s.tcp[lo:hi])
+	binary.BigEndian.PutUint32(s.tcp[off:], v)
+	x := ^s.tcp.Checksum()
+	for i := 0; i < n; i += 2 {
+		x = checksum.Combine(x, ^binary.BigEndian.Uint16(before[i:]))
+		x = checksum.Combine(x, binary.BigEndian.Uint16(s.tcp[lo+i:]))
+	}
+	s.tcp.SetChecksum(^x)
 }
 
 // resetFor returns the RST a TCP sends in answer to s (RFC 9293 section

@@ -30,15 +30,24 @@ type rawPeer struct {
 // heard is a segment the server sent the peer, and when.
 type heard struct {
 	at    time.Duration // since the peer's SYN
+	order uint64        // its place among everything the network's tap saw
 	flags header.TCPFlags
 	seq   uint32
 	ack   uint32
+	// syn is a SYN-ACK's options; tsval and tsecr any segment's
+	// timestamps (ts says whether it had them); payload its data.
+	syn          header.TCPSynOptions
+	ts           bool
+	tsval, tsecr uint32
+	payload      []byte
+	window       uint16
 }
 
 // taps lets several raw peers share the network's one tap.
 type taps struct {
 	mu    sync.Mutex
 	peers map[tcpip.Address]map[uint16]*rawPeer
+	seen  uint64
 }
 
 func (ts *taps) see(b []byte) {
@@ -47,10 +56,12 @@ func (ts *taps) see(b []byte) {
 		return
 	}
 	ts.mu.Lock()
+	ts.seen++
+	order := ts.seen
 	p := ts.peers[s.id.LocalAddress][s.id.LocalPort]
 	ts.mu.Unlock()
 	if p != nil {
-		p.hear(s)
+		p.hear(s, order)
 	}
 }
 
@@ -93,13 +104,16 @@ func ip4(s string) []byte {
 
 var synSentAt sync.Map // *rawPeer → tcpip.MonotonicTime
 
-func (p *rawPeer) hear(s seg) {
+func (p *rawPeer) hear(s seg, order uint64) {
 	var at time.Duration
 	if v, ok := synSentAt.Load(p); ok {
 		at = p.clock.NowMonotonic().Sub(v.(tcpip.MonotonicTime))
 	}
+	h := heard{at: at, order: order, flags: s.flags, seq: s.seq, ack: s.ack, syn: s.syn, window: s.window}
+	h.tsval, h.tsecr, h.ts = s.timestamps()
+	h.payload = append([]byte(nil), s.tcp[s.tcp.DataOffset():]...)
 	p.mu.Lock()
-	p.got = append(p.got, heard{at: at, flags: s.flags, seq: s.seq, ack: s.ack})
+	p.got = append(p.got, h)
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -108,12 +122,26 @@ func (p *rawPeer) hear(s seg) {
 }
 
 func (p *rawPeer) send(flags header.TCPFlags, seq, ack uint32) {
-	t := tcpSpec{
+	t := p.segment(flags, seq, ack)
+	if flags == header.TCPFlagSyn {
+		t.mss = 1460
+	}
+	p.sendSpec(t)
+}
+
+// segment returns a segment from the peer to the server's port 80, for
+// sendSpec.
+func (p *rawPeer) segment(flags header.TCPFlags, seq, ack uint32) tcpSpec {
+	return tcpSpec{
 		proto: ipv4.ProtocolNumber, src: p.addr, dst: p.server, sport: p.port, dport: 80,
 		seq: seq, ack: ack, flags: flags, window: 65535,
 	}
-	if flags == header.TCPFlagSyn {
-		t.mss = 1460
+}
+
+// sendSpec sends a segment of the peer's; a SYN is dated for heard.
+func (p *rawPeer) sendSpec(t tcpSpec) {
+	if t.flags == header.TCPFlagSyn {
+		synSentAt.Store(p, p.clock.NowMonotonic())
 	}
 	p.n.deliver(p.server, t.build())
 }

@@ -38,7 +38,11 @@ func AttachTUN(cfg TUNConfig) (*Host, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	link, err := fdbased.New(&fdbased.Options{FDs: []int{fd}, MTU: cfg.MTU})
+	// One processor: packets reach the gate in the order they came off the
+	// device, as on a kernel's receive path. gVisor's default spreads
+	// them over GOMAXPROCS goroutines by a hash of the 4-tuple, so that of
+	// two SYNs racing for one free slot either could be decided first.
+	link, err := fdbased.New(&fdbased.Options{FDs: []int{fd}, MTU: cfg.MTU, ProcessorsPerChannel: 1})
 	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netstack: TUN link: %w", err)
