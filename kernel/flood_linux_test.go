@@ -101,6 +101,7 @@ func tcpMemPages(t *testing.T) int {
 // worse: the kernel's memory stays bounded by the backlog, not the flood.
 func TestSYNFloodFromNamespace(t *testing.T) {
 	netnstest.RequireRoot(t)
+	netnstest.Exclusive(t) // a flood fills every namespace's receive backlogs
 	for _, tc := range []struct {
 		name             string
 		cookies          int

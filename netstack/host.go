@@ -105,10 +105,16 @@ func (h *Host) Close() error {
 func (h *Host) close() {
 	h.closeOnce.Do(func() {
 		h.gate.close()
-		h.stack.Close()
+		// What delivers packets stops first: a reader of the link
+		// blocked on the stack's lock while the stack removes the NIC
+		// under that lock would wait forever, since fdbased's Attach(nil)
+		// waits for its readers.
 		if p, ok := h.link.(*port); ok {
 			p.stop()
+		} else {
+			h.link.Attach(nil)
 		}
+		h.stack.Close()
 		h.stack.Wait()
 		h.stack.Destroy()
 		if h.onClose != nil {

@@ -7,8 +7,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -88,4 +92,45 @@ func In(t testing.TB, ns string, f func()) {
 	if err := <-done; err != nil {
 		t.Fatalf("entering namespace %s: %v", ns, err)
 	}
+}
+
+// Exclusive holds, until the test ends, the one lock that keeps this
+// machine's floods apart from its timing-sensitive wire tests, in whatever
+// process of the suite each runs: a flood fills the per-CPU backlogs that
+// every namespace's received packets pass through (net/core/dev.c
+// enqueue_to_backlog, net.core.netdev_max_backlog), and a test beside it
+// sees its own packets dropped. It waits for the lock.
+func Exclusive(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "backlog-netns.lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatalf("the exclusive lock: %v", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatalf("the exclusive lock: %v", err)
+	}
+	t.Cleanup(func() { f.Close() }) // closing releases the lock
+}
+
+// SoftnetDrops returns how many received packets the per-CPU backlogs
+// have dropped since boot, all CPUs together (/proc/net/softnet_stat, its
+// second column): a test that pairs packets across namespaces can tell
+// from it that the machine, not the code under test, lost one.
+func SoftnetDrops() uint64 {
+	b, err := os.ReadFile("/proc/net/softnet_stat")
+	if err != nil {
+		return 0
+	}
+	var total uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		if v, err := strconv.ParseUint(f[1], 16, 64); err == nil {
+			total += v
+		}
+	}
+	return total
 }
