@@ -39,6 +39,8 @@ type Config struct {
 	Accept AcceptPolicy
 	// Timeout bounds each client's connect. Zero means 3 s.
 	Timeout time.Duration
+	// Relisten lists calls of listen() again during the run.
+	Relisten []Relisten
 	// Progress, if not nil, is called about every 100 ms while the run
 	// goes on, and once at its end.
 	Progress func(Progress)
@@ -67,6 +69,27 @@ func (a AcceptPolicy) String() string {
 		s += " after " + a.After.String()
 	}
 	return s
+}
+
+// Relisten is a call of listen() again: After the run's start, with
+// Backlog, passed as it is (0 means 0).
+type Relisten struct {
+	After   time.Duration
+	Backlog int
+}
+
+// String returns "2s:1".
+func (r Relisten) String() string { return fmt.Sprintf("%s:%d", r.After, r.Backlog) }
+
+// RelistenResult is what a call of listen() again did.
+type RelistenResult struct {
+	AtMS    float64 `json:"at_ms"`
+	Backlog int     `json:"requested_backlog"`
+	// Stored and Capacity are the listener's afterwards; Err, if not
+	// empty, is why the call failed.
+	Stored   int    `json:"backlog"`
+	Capacity int    `json:"capacity"`
+	Err      string `json:"error,omitempty"`
 }
 
 // Progress is the state of a run while it goes on.
@@ -121,6 +144,8 @@ type Result struct {
 	Stats backlog.Stats `json:"listener"`
 	// DurationMS is how long the run took.
 	DurationMS float64 `json:"duration_ms"`
+	// Relistens is what each call of listen() again did.
+	Relistens []RelistenResult `json:"relisten,omitempty"`
 	// Timeline samples the queue and the counts over the run.
 	Timeline []Sample `json:"timeline,omitempty"`
 	// ConnectTimes lists every connected client's connect time.
@@ -198,6 +223,7 @@ type run struct {
 	accepted  int
 	serverEnd []net.Conn
 	timeline  []Sample
+	relistens []RelistenResult
 }
 
 func (r *run) execute(ctx context.Context) Result {
@@ -209,6 +235,10 @@ func (r *run) execute(ctx context.Context) Result {
 	if !r.cfg.Accept.Never {
 		app.Add(1)
 		go func() { defer app.Done(); r.acceptLoop(ctx) }()
+	}
+	if len(r.cfg.Relisten) > 0 {
+		app.Add(1)
+		go func() { defer app.Done(); r.relisten(ctx) }()
 	}
 	r.crowd.start(ctx)
 	r.watch(ctx)
@@ -252,7 +282,7 @@ func (r *run) watch(ctx context.Context) {
 			lastProgress = now
 			r.cfg.Progress(Progress{Personality: r.cfg.Personality.String(), Elapsed: now.Sub(r.start), Counts: s.Counts, Queue: s.Queue, HalfOpen: s.HalfOpen})
 		}
-		if !r.crowd.allResolved() {
+		if !r.crowd.allResolved() || !r.relistened() {
 			continue
 		}
 		if s.Counts != last.Counts || s.Queue != last.Queue || s.HalfOpen != last.HalfOpen {
@@ -272,10 +302,38 @@ func (r *run) watch(ctx context.Context) {
 	}
 }
 
+// relisten calls listen() again at each step's time, until ctx ends.
+func (r *run) relisten(ctx context.Context) {
+	for _, step := range r.cfg.Relisten {
+		if !sleep(ctx, time.Until(r.start.Add(step.After))) {
+			return
+		}
+		err := r.l.SetBacklog(step.Backlog)
+		st := r.l.Stats()
+		res := RelistenResult{AtMS: ms(time.Since(r.start)), Backlog: step.Backlog, Stored: st.Backlog, Capacity: st.Capacity}
+		if err != nil {
+			res.Err = err.Error()
+		}
+		r.mu.Lock()
+		r.relistens = append(r.relistens, res)
+		r.mu.Unlock()
+	}
+}
+
+// relistened reports whether every call of listen() again has been made.
+func (r *run) relistened() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.relistens) == len(r.cfg.Relisten)
+}
+
 // bound is the longest a run waits for the application after every connect
 // has ended.
 func (r *run) bound() time.Duration {
 	d := time.Duration(r.cfg.Clients)*r.cfg.Arrival + r.cfg.Timeout + r.cfg.Accept.After
+	for _, step := range r.cfg.Relisten {
+		d = max(d, step.After+r.cfg.Timeout)
+	}
 	if r.cfg.Accept.Rate > 0 {
 		d += time.Duration(float64(r.cfg.Clients) / r.cfg.Accept.Rate * float64(time.Second))
 	}
@@ -347,6 +405,7 @@ func (r *run) result(final Sample, st backlog.Stats) Result {
 		Stats:            st,
 		DurationMS:       ms(time.Since(r.start)),
 		Timeline:         r.timeline,
+		Relistens:        slices.Clone(r.relistens),
 		ConnectTimes:     times,
 		ConnectMS:        percentiles(times),
 		Errors:           errs,

@@ -33,6 +33,8 @@ this process on a user-space TCP/IP stack: no root, no ports on this host.
                        them together)
   --accept PACE        none (default), max, or a rate such as 10/s
   --accept-after D     the application's first accept waits D
+  --relisten D:N       call listen(N) again D after the start (repeatable),
+                       such as 2s:1
   --timeout D          each client's connect timeout (default 3s)
   --json               print the results as JSON (an array with several)
   --timeline           include the queue samples in the JSON
@@ -48,6 +50,7 @@ type labFlags struct {
 	arrival       time.Duration
 	accept        string
 	acceptAfter   time.Duration
+	relisten      relistenFlag
 	timeout       time.Duration
 	json          bool
 	timeline      bool
@@ -67,6 +70,7 @@ func runLab(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&f.arrival, "arrival", 2*time.Millisecond, "")
 	fs.StringVar(&f.accept, "accept", "none", "")
 	fs.DurationVar(&f.acceptAfter, "accept-after", 0, "")
+	fs.Var(&f.relisten, "relisten", "")
 	fs.DurationVar(&f.timeout, "timeout", 3*time.Second, "")
 	fs.BoolVar(&f.json, "json", false, "")
 	fs.BoolVar(&f.timeline, "timeline", false, "")
@@ -112,7 +116,7 @@ func runLab(ctx context.Context, e *env, args []string) error {
 	for i, p := range ps {
 		cfgs[i] = lab.Config{
 			Personality: p, Transport: f.transport, Backlog: f.backlog, Clients: f.clients,
-			Arrival: f.arrival, Accept: policy, Timeout: f.timeout,
+			Arrival: f.arrival, Accept: policy, Timeout: f.timeout, Relisten: f.relisten,
 			Progress: func(pr lab.Progress) { prog.update(i, pr) },
 		}
 	}
@@ -185,6 +189,7 @@ func printLabResult(e *env, r lab.Result, f labFlags, policy lab.AcceptPolicy) {
 		{"refused", r.Refused, errorNote(r.Errors, "timeout")},
 		{"timed out", r.TimedOut, timedOutNote(r.TimedOut, f.timeout)},
 	})
+	printRelistens(w, r.Relistens)
 	printConnectTimes(w, r.ConnectMS)
 	s := r.Stats
 	fmt.Fprintf(w, "listener: %d SYNs, %d queued, %d ignored, %d refused, %d reset, %d listen overflows",
@@ -246,4 +251,40 @@ func printLabTable(e *env, rs []lab.Result, f labFlags, policy lab.AcceptPolicy)
 			r.Clients, r.Connected, r.Accepted, r.Waiting, r.Refused, r.Reset, r.TimedOut, r.ConnectMS.P50, r.ConnectMS.Max)
 	}
 	tw.Flush()
+}
+
+// relistenFlag is --relisten D:N, repeatable.
+type relistenFlag []lab.Relisten
+
+func (f *relistenFlag) String() string {
+	var parts []string
+	for _, r := range *f {
+		parts = append(parts, r.String())
+	}
+	return strings.Join(parts, " ")
+}
+
+func (f *relistenFlag) Set(v string) error {
+	d, n, ok := strings.Cut(v, ":")
+	after, err := time.ParseDuration(d)
+	if !ok || err != nil || after <= 0 {
+		return fmt.Errorf("%q: give D:N, a time after the start and a backlog, such as 2s:1", v)
+	}
+	b, err := strconv.Atoi(n)
+	if err != nil {
+		return fmt.Errorf("%q: the backlog %q is not an integer", v, n)
+	}
+	*f = append(*f, lab.Relisten{After: after, Backlog: b})
+	return nil
+}
+
+// printRelistens says what each listen() again did.
+func printRelistens(w io.Writer, rs []lab.RelistenResult) {
+	for _, r := range rs {
+		if r.Err != "" {
+			fmt.Fprintf(w, "  at %.1fs listen(%d) again failed: %s\n", r.AtMS/1000, r.Backlog, r.Err)
+			continue
+		}
+		fmt.Fprintf(w, "  at %.1fs listen(%d) again: backlog %d, %d can wait\n", r.AtMS/1000, r.Backlog, r.Stored, r.Capacity)
+	}
 }

@@ -40,6 +40,7 @@ runs, until interrupted (SIGINT or SIGTERM).
                        host's; on the kernel transport another is emulated)
   --accept PACE        none, max (default), or a rate such as 10/s
   --accept-after D     the first accept waits D
+  --relisten D:N       call listen(N) again D after the start (repeatable)
   --handler H          http (default): a page describing the queue; echo
   --metrics ADDR       serve Prometheus metrics at http://ADDR/metrics
   --interval D         how often to show the queue (default 1s)
@@ -51,6 +52,7 @@ type serveFlags struct {
 	personality                  string
 	accept                       string
 	acceptAfter                  time.Duration
+	relisten                     relistenFlag
 	handler                      string
 	metrics                      string
 	interval                     time.Duration
@@ -67,6 +69,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.personality, "personality", "", "")
 	fs.StringVar(&f.accept, "accept", "max", "")
 	fs.DurationVar(&f.acceptAfter, "accept-after", 0, "")
+	fs.Var(&f.relisten, "relisten", "")
 	fs.StringVar(&f.handler, "handler", "http", "")
 	fs.StringVar(&f.metrics, "metrics", "", "")
 	fs.DurationVar(&f.interval, "interval", time.Second, "")
@@ -203,8 +206,35 @@ func (s *server) run(ctx context.Context) error {
 	tick := time.NewTicker(s.f.interval)
 	defer tick.Stop()
 	prev := s.l.Stats()
+	steps := s.f.relisten
+	var relisten <-chan time.Time
+	if len(steps) > 0 {
+		t := time.NewTimer(steps[0].After)
+		defer t.Stop()
+		relisten = t.C
+	}
 	for {
 		select {
+		case <-relisten:
+			step := steps[0]
+			steps = steps[1:]
+			relisten = nil
+			if len(steps) > 0 {
+				t := time.NewTimer(time.Until(start.Add(steps[0].After)))
+				defer t.Stop()
+				relisten = t.C
+			}
+			err := s.l.SetBacklog(step.Backlog)
+			st := s.l.Stats()
+			if live {
+				fmt.Fprint(s.e.stderr, "\r\x1b[2K")
+			}
+			if err != nil {
+				fmt.Fprintf(s.e.stdout, "after %s, listen(%d) again failed: %v\n", step.After, step.Backlog, err)
+			} else {
+				fmt.Fprintf(s.e.stdout, "after %s, listen(%d) again: backlog %d, %d can wait\n", step.After, step.Backlog, st.Backlog, st.Capacity)
+			}
+			continue
 		case <-ctx.Done():
 			if live {
 				fmt.Fprintln(s.e.stderr)
