@@ -163,7 +163,9 @@ func (w wireClient) diff(o wireClient) string {
 }
 
 // wireStart is when client i connects, after the listeners are made.
-func wireStart(i int) time.Duration { return 50*time.Millisecond + time.Duration(i)*70*time.Millisecond }
+func wireStart(i int) time.Duration {
+	return 50*time.Millisecond + time.Duration(i)*70*time.Millisecond
+}
 
 const (
 	wireKernelPort = 20000 // client i connects to the kernel from port 20000+i
