@@ -57,40 +57,52 @@ func TestWireAgainstLinux(t *testing.T) {
 		wireCell{backlog: 1, cookies: 1, relistenAt: 2 * time.Second, relistenTo: 5},
 		wireCell{backlog: 5, cookies: 1, relistenAt: time.Second, relistenTo: 1, acceptAt: 2 * time.Second},
 	)
-	sem := make(chan struct{}, 20) // cells at once
+	// The cells run 20 at a time, each as a subtest of its own from a
+	// goroutine of its own (t.Run may be called from several at once):
+	// t.Parallel would hold them to -test.parallel, the number of CPUs,
+	// though a cell spends its 6 s waiting on timers.
+	sem := make(chan struct{}, 20)
+	var cellsDone sync.WaitGroup
+	defer cellsDone.Wait()
 	for _, c := range cells {
-		t.Run(c.String(), func(t *testing.T) {
-			t.Parallel()
-			sem <- struct{}{}
+		sem <- struct{}{}
+		cellsDone.Add(1)
+		go func() {
+			defer cellsDone.Done()
 			defer func() { <-sem }()
-			// The pairing needs every packet delivered: when the
-			// machine's receive backlogs dropped some meanwhile (its
-			// counter says so), a difference is no verdict on either
-			// side, and the cell runs once more.
-			for attempt := 1; ; attempt++ {
-				drops := netnstest.SoftnetDrops()
-				kern, ours := c.run(t)
-				lost := netnstest.SoftnetDrops() - drops
-				var diffs []string
-				for i := range kern {
-					t.Logf("client %d: kernel %v; netstack %v", i, kern[i], ours[i])
-					if d := kern[i].diff(ours[i]); d != "" {
-						diffs = append(diffs, fmt.Sprintf("client %d: %s\n\tkernel:  %v\n\tnetstack: %v", i, d, kern[i], ours[i]))
-					}
-				}
-				if len(diffs) > 0 && lost > 0 && attempt == 1 {
-					t.Logf("the machine dropped %d received packets during the run; running the cell again", lost)
-					continue
-				}
-				for _, d := range diffs {
-					t.Error(d)
-				}
-				if len(diffs) > 0 && lost > 0 {
-					t.Logf("the machine dropped %d received packets during the run", lost)
-				}
-				break
+			t.Run(c.String(), func(t *testing.T) { c.check(t) })
+		}()
+	}
+}
+
+// check runs the cell and compares, client by client.
+func (c wireCell) check(t *testing.T) {
+	// The pairing needs every packet delivered: when the
+	// machine's receive backlogs dropped some meanwhile (its
+	// counter says so), a difference is no verdict on either
+	// side, and the cell runs once more.
+	for attempt := 1; ; attempt++ {
+		drops := netnstest.SoftnetDrops()
+		kern, ours := c.run(t)
+		lost := netnstest.SoftnetDrops() - drops
+		var diffs []string
+		for i := range kern {
+			t.Logf("client %d: kernel %v; netstack %v", i, kern[i], ours[i])
+			if d := kern[i].diff(ours[i]); d != "" {
+				diffs = append(diffs, fmt.Sprintf("client %d: %s\n\tkernel:  %v\n\tnetstack: %v", i, d, kern[i], ours[i]))
 			}
-		})
+		}
+		if len(diffs) > 0 && lost > 0 && attempt == 1 {
+			t.Logf("the machine dropped %d received packets during the run; running the cell again", lost)
+			continue
+		}
+		for _, d := range diffs {
+			t.Error(d)
+		}
+		if len(diffs) > 0 && lost > 0 {
+			t.Logf("the machine dropped %d received packets during the run", lost)
+		}
+		break
 	}
 }
 

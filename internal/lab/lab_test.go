@@ -148,3 +148,40 @@ func TestSVG(t *testing.T) {
 		}
 	}
 }
+
+// TestLabRelisten calls listen() again during a run: Windows NT 4.0 Server
+// resets the waiting connections beyond the new backlog, Linux keeps them
+// and only stores the new value, gVisor refuses to shrink below what waits.
+func TestLabRelisten(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		reset         int
+		stored        int
+		err           bool
+		stillConnects int
+	}{
+		{"winnt4-server", 3, 2, false, 2},
+		{"linux", 0, 2, false, 5},
+		{"gvisor", 0, 5, true, 5},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			// Five clients connect at once; a second later, listen(2).
+			r := runLab(t, Config{
+				Personality: backlog.MustLookup(tt.name), Backlog: 5, Clients: 5,
+				Accept: AcceptPolicy{Never: true}, Timeout: 500 * time.Millisecond,
+				Relisten: []Relisten{{After: time.Second, Backlog: 2}},
+			})
+			if len(r.Relistens) != 1 {
+				t.Fatalf("%d listen() agains reported; want 1", len(r.Relistens))
+			}
+			rl := r.Relistens[0]
+			if rl.Stored != tt.stored || (rl.Err != "") != tt.err || rl.Backlog != 2 {
+				t.Errorf("listen(2) again: %+v; want backlog %d, failure %v", rl, tt.stored, tt.err)
+			}
+			if r.Connected != 5 || r.Reset != tt.reset || r.InQueue != tt.stillConnects {
+				t.Errorf("connected %d, reset %d, in the queue %d; want 5, %d, %d", r.Connected, r.Reset, r.InQueue, tt.reset, tt.stillConnects)
+			}
+		})
+	}
+}
