@@ -21,3 +21,6 @@ func SocketByInode(uint64) (Socket, error) {
 func ReadCounters() (Counters, error) {
 	return Counters{}, unsupported("reading listen counters on " + runtime.GOOS)
 }
+
+// halfOpen reports nothing: only Linux lists request sockets.
+func halfOpen(uint64, uint8, uint16) (int, bool) { return 0, false }

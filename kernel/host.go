@@ -61,8 +61,21 @@ type Socket struct {
 	Len int `json:"queued_now"`
 	// Backlog is the stored backlog (ss Send-Q).
 	Backlog int `json:"backlog"`
-	// Drops is the socket's own drop count (ss -m, d).
+	// Drops is the socket's own drop count (ss -m, d): Linux sk_drops,
+	// which is not the namespace's ListenDrops (see SocketStats.Drops).
 	Drops uint64 `json:"drops"`
+	// SynQueue is how many handshakes to the socket's address and port
+	// wait for their final ACK: the request sockets in SYN_RECV that `ss
+	// -n state syn-recv` lists. SynRetransmitted is how many of them had
+	// their SYN-ACK sent again at least once, as the handshakes of a SYN
+	// flood from forged sources do. When several sockets share the address
+	// (Group > 1) both are the group's: the kernel does not say which
+	// member holds a request socket.
+	SynQueue         int `json:"syn_queue"`
+	SynRetransmitted int `json:"syn_retransmitted"`
+	// Group is how many listening sockets share this one's address and
+	// port (an SO_REUSEPORT group), itself included: 1 when it is alone.
+	Group int `json:"group"`
 	// PID and Process are the process holding the socket (the lowest PID
 	// when several share it) and its name (/proc/PID/comm), or 0 and "" when
 	// no holder could be read.

@@ -184,17 +184,27 @@ func (l *Listener) Backlog() int { return l.front.Backlog() }
 func (l *Listener) SetBacklog(n int) error { return l.front.SetBacklog(n) }
 
 // Stats returns the listener's gauges and counters as backlog.Stats:
-// Requested, Backlog, Capacity and Len, Accepted, Reset (connections shed
-// for lack of descriptors) and ListenDrops (the socket's own drop count,
-// which on Linux counts every SYN or final ACK the listener dropped,
-// overflows included). What the kernel does not report per socket (the
-// SYN-level counters, and overflows apart from drops) is marked in
+// Requested, Backlog, Capacity and Len, HalfOpen, Accepted, Reset
+// (connections shed for lack of descriptors) and ListenDrops (the socket's
+// own drop count, sk_drops: SocketStats.Drops says how it differs from the
+// namespace's ListenDrops). What the kernel does not report per socket
+// (the SYN-level counters, and overflows apart from drops) is marked in
 // Unobserved: ReadCounters has the namespace-wide counters. With a
 // Personality the queue's own statistics are returned, with the kernel's
 // drops and the sheds added.
 //
-// It costs two getsockopt calls on Linux (TCP_INFO and SO_MEMINFO), about
-// two microseconds: cheap enough to call many times a second.
+// HalfOpen is the number of request sockets (handshakes waiting for their
+// final ACK) that sock_diag lists for the listener's address, on Linux, in
+// the network namespace of the calling thread. It is unobserved when the
+// listener shares its address with others (SO_REUSEPORT: the kernel does
+// not say which member holds a request), when Stats is called from
+// another namespace than the listener's, and elsewhere than on Linux.
+// Reading it walks the kernel's whole established hash (about 1.6 ms on a
+// host with 262,144 buckets), so it is read at most once a second and is
+// up to a second old.
+//
+// The rest costs two getsockopt calls on Linux (TCP_INFO and SO_MEMINFO),
+// about two microseconds: cheap enough to call many times a second.
 func (l *Listener) Stats() backlog.Stats {
 	s, _ := l.KernelStats()
 	return s.Stats
@@ -225,8 +235,20 @@ type SocketStats struct {
 	// and KernelLen is 0.
 	ReadBack bool `json:"read_back"`
 	// Drops is the socket's own drop counter (Linux sk_drops, `ss -lntm`
-	// d): SYNs and final ACKs the listener dropped. Zero where the system
-	// does not keep one.
+	// d), zero where the system does not keep one. It is not the
+	// listener's share of the namespace's TcpExt ListenDrops:
+	// include/net/tcp.h tcp_listendrop adds one to both for a SYN dropped
+	// on a full queue (net/ipv4/tcp_input.c tcp_conn_request) or a final
+	// ACK that finds it full (net/ipv4/tcp_ipv4.c tcp_v4_syn_recv_sock),
+	// but sk_drops also counts every segment tcp_v4_rcv discards for the
+	// socket (discard_and_relse: a socket filter, an MD5 or TCP-AO
+	// failure, IP_MINTTL, a full socket backlog while the listener is
+	// locked, and any segment for a handshake that tcp_check_req does not
+	// turn into a connection: so a final ACK that overflows the queue
+	// counts twice, and a bare final ACK under TCP_DEFER_ACCEPT, or a reset
+	// answered with a challenge ACK, once, none of them in ListenDrops),
+	// and ListenDrops counts for every listener of the namespace.
+	// TestSkDropsAreNotListenDrops measures each.
 	Drops uint64 `json:"drops"`
 	// Shed counts connections reset because the process had no free
 	// descriptor (ListenConfig.ShedLoad).
