@@ -2,7 +2,11 @@
 
 package kernel
 
-import "runtime"
+import (
+	"net"
+	"runtime"
+	"time"
+)
 
 // Sockets fails with an error wrapping errors.ErrUnsupported: only Linux
 // has sock_diag.
@@ -24,3 +28,9 @@ func ReadCounters() (Counters, error) {
 
 // halfOpen reports nothing: only Linux lists request sockets.
 func halfOpen(uint64, uint8, uint16) (int, bool) { return 0, false }
+
+// measuresQueueWait says that no connection's time in the queue can be
+// read here: only Linux's TCP_INFO has it.
+const measuresQueueWait = false
+
+func queueWait(net.Conn) (time.Duration, bool) { return 0, false }

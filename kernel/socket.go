@@ -135,11 +135,13 @@ func (s *socketListener) SetBacklog(n int) error {
 	return nil
 }
 
-// kernelOnly is what the kernel does not report per socket.
+// kernelOnly is what the kernel does not report per socket. ListenDrops
+// is among it: the socket's own drop count (SocketStats.Drops) counts
+// other things too.
 const kernelOnly = backlog.StatHalfOpen | backlog.StatSYNs | backlog.StatQueued | backlog.StatRefused |
 	backlog.StatIgnored | backlog.StatEvicted | backlog.StatExpired | backlog.StatDeferredRefusals |
-	backlog.StatListenOverflows | backlog.StatTCPReqQFullDrop | backlog.StatTCPReqQFullDoCookies |
-	backlog.StatSyncookiesSent | backlog.StatSyncookiesRecv
+	backlog.StatListenOverflows | backlog.StatListenDrops | backlog.StatTCPReqQFullDrop |
+	backlog.StatTCPReqQFullDoCookies | backlog.StatSyncookiesSent | backlog.StatSyncookiesRecv
 
 func (s *socketListener) KernelStats() (Stats, error) {
 	q, err := s.sys.queue()
@@ -164,7 +166,6 @@ func (s *socketListener) KernelStats() (Stats, error) {
 	st.Len = q.Len
 	st.Accepted = s.accepted.Load()
 	st.Reset = st.Shed
-	st.ListenDrops = st.Drops
 	st.Unobserved = kernelOnly
 	if n, ok := s.halfOpen(); ok {
 		st.HalfOpen = n
@@ -172,9 +173,6 @@ func (s *socketListener) KernelStats() (Stats, error) {
 	}
 	if !q.ReadBack {
 		st.Unobserved |= backlog.StatLen
-	}
-	if !q.HaveDrops {
-		st.Unobserved |= backlog.StatListenDrops
 	}
 	return st, err
 }
