@@ -34,3 +34,26 @@ func halfOpen(uint64, uint8, uint16) (int, bool) { return 0, false }
 const measuresQueueWait = false
 
 func queueWait(net.Conn) (time.Duration, bool) { return 0, false }
+
+// SocketsWithoutHolders fails with an error wrapping errors.ErrUnsupported:
+// only Linux has sock_diag.
+func SocketsWithoutHolders() ([]Socket, error) {
+	return nil, unsupported("listing listening sockets on " + runtime.GOOS)
+}
+
+// FindHolders does nothing: only Linux is read.
+func FindHolders([]Socket) {}
+
+// CurrentNamespace fails with an error wrapping errors.ErrUnsupported:
+// network namespaces are Linux's.
+func CurrentNamespace() (Namespace, error) {
+	return Namespace{}, unsupported("network namespaces on " + runtime.GOOS)
+}
+
+// Namespaces fails with an error wrapping errors.ErrUnsupported.
+func Namespaces() ([]Namespace, error) {
+	return nil, unsupported("network namespaces on " + runtime.GOOS)
+}
+
+// Do runs f: there is only one namespace.
+func (n Namespace) Do(f func()) error { f(); return nil }

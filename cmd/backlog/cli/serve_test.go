@@ -74,6 +74,14 @@ func startServe(t *testing.T, args ...string) (out *lines, stop func() error) {
 // before, which may fail the start.
 func startServeAfter(t *testing.T, before func() error, args ...string) (out *lines, stop func() error) {
 	t.Helper()
+	return startCommand(t, before, "serve", args...)
+}
+
+// startCommand runs a command in process until the returned stop is
+// called, its goroutine first calling before (if not nil), which may fail
+// the start; stop returns Run's error.
+func startCommand(t *testing.T, before func() error, cmd string, args ...string) (out *lines, stop func() error) {
+	t.Helper()
 	out = newLines()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -84,7 +92,7 @@ func startServeAfter(t *testing.T, before func() error, args ...string) (out *li
 				return
 			}
 		}
-		errc <- Run(ctx, append([]string{"serve"}, args...), out, io.Discard)
+		errc <- Run(ctx, append([]string{cmd}, args...), out, io.Discard)
 	}()
 	var once sync.Once
 	var err error
@@ -94,7 +102,7 @@ func startServeAfter(t *testing.T, before func() error, args ...string) (out *li
 			select {
 			case err = <-errc:
 			case <-time.After(10 * time.Second):
-				t.Fatal("serve did not stop")
+				t.Fatalf("%s did not stop", cmd)
 			}
 		})
 		return err
