@@ -154,6 +154,26 @@ var StatFields = []StatField{
 	{StatSyncookiesRecv, "syncookies_recv", false, func(s *Stats) uint64 { return s.SyncookiesRecv }, func(s *Stats, v uint64) { s.SyncookiesRecv = v }},
 }
 
+// Add returns s and o together, for listeners reported as one (the
+// shards of an SO_REUSEPORT group): gauges and counters add up, the
+// queue waits merge, Requested and Backlog are s's, and what either did
+// not observe is unobserved.
+func (s Stats) Add(o Stats) Stats {
+	sum := s
+	for _, f := range StatFields {
+		if f.Stat != StatRequested && f.Stat != StatBacklog {
+			f.set(&sum, f.Value(&s)+f.Value(&o))
+		}
+	}
+	sum.QueueWait.Count += o.QueueWait.Count
+	sum.QueueWait.Sum += o.QueueWait.Sum
+	for i := range sum.QueueWait.Buckets {
+		sum.QueueWait.Buckets[i] += o.QueueWait.Buckets[i]
+	}
+	sum.Unobserved |= o.Unobserved
+	return sum
+}
+
 // Observed reports whether every value named by which was observed.
 func (s Stats) Observed(which Stat) bool { return s.Unobserved&which == 0 }
 

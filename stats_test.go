@@ -127,3 +127,20 @@ func TestQueueWait(t *testing.T) {
 		t.Errorf("recorder: %+v", got)
 	}
 }
+
+// TestStatsAdd: two shards' Stats add up, with Requested and Backlog the
+// first's, the waits merged, and what one did not see unobserved.
+func TestStatsAdd(t *testing.T) {
+	a := Stats{Requested: 5, Backlog: 5, Capacity: 6, Len: 2, Accepted: 3, Unobserved: StatSYNs}
+	b := Stats{Requested: 5, Backlog: 5, Capacity: 6, Len: 1, Accepted: 4, Unobserved: StatHalfOpen}
+	a.QueueWait.Observe(time.Millisecond)
+	b.QueueWait.Observe(time.Second)
+	got := a.Add(b)
+	var w QueueWait
+	w.Observe(time.Millisecond)
+	w.Observe(time.Second)
+	want := Stats{Requested: 5, Backlog: 5, Capacity: 12, Len: 3, Accepted: 7, QueueWait: w, Unobserved: StatSYNs | StatHalfOpen}
+	if got != want {
+		t.Errorf("Add: %+v; want %+v", got, want)
+	}
+}
