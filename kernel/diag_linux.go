@@ -224,8 +224,8 @@ func allListeners(visit func(diagEntry)) error {
 // sockets (half-open handshakes) counted per listening address.
 type listenTable struct {
 	listeners []diagEntry
-	// byKey indexes listeners by listenKey.
-	byKey map[listenKey][]int
+	// members counts the listeners of each listening address.
+	members map[listenKey]int
 	// syn and retrans count, per listening address, the request sockets
 	// and those whose SYN-ACK was sent more than once.
 	syn, retrans map[listenKey]int
@@ -254,8 +254,16 @@ func (e diagEntry) key() listenKey {
 // tcp_child_ehash_entries gave it one of its own), against 35 µs for the
 // listening sockets alone.
 func readListenTable(family uint8, sport uint16) (*listenTable, error) {
-	t := &listenTable{byKey: map[listenKey][]int{}, syn: map[listenKey]int{}, retrans: map[listenKey]int{}}
-	var reqs []diagEntry
+	t := &listenTable{members: map[listenKey]int{}, syn: map[listenKey]int{}, retrans: map[listenKey]int{}}
+	// Requests are counted by local address first, and each address is
+	// given to its listener once: a flood holds many requests to few
+	// addresses.
+	type reqKey struct {
+		family uint8
+		addr   netip.AddrPort
+	}
+	type reqCount struct{ n, retrans int }
+	reqs := map[reqKey]reqCount{}
 	dump := bothFamilies
 	if family != 0 {
 		dump = func(f func(uint8) error) error { return f(family) }
@@ -264,25 +272,29 @@ func readListenTable(family uint8, sport uint16) (*listenTable, error) {
 		return dumpTCP(family, 1<<tcpListen|1<<tcpSynRecv, sport, func(e diagEntry) {
 			switch {
 			case e.state == tcpListen:
-				t.byKey[e.key()] = append(t.byKey[e.key()], len(t.listeners))
+				t.members[e.key()]++
 				t.listeners = append(t.listeners, e)
 			case !e.full:
 				// A request socket. A full socket in SYN_RECV is a Fast
 				// Open child, already in the accept queue, or the odd
 				// simultaneous open.
-				reqs = append(reqs, e)
+				k := reqKey{e.family, netip.AddrPortFrom(e.addr, e.port)}
+				c := reqs[k]
+				c.n++
+				if e.retrans > 0 {
+					c.retrans++
+				}
+				reqs[k] = c
 			}
 		})
 	})
 	if err != nil {
 		return nil, err
 	}
-	for _, r := range reqs {
-		if k, ok := t.owner(r); ok {
-			t.syn[k]++
-			if r.retrans > 0 {
-				t.retrans[k]++
-			}
+	for r, c := range reqs {
+		if k, ok := t.owner(r.family, r.addr); ok {
+			t.syn[k] += c.n
+			t.retrans[k] += c.retrans
 		}
 	}
 	return t, nil
@@ -300,17 +312,17 @@ func readListenTable(family uint8, sport uint16) (*listenTable, error) {
 // the kernel picked a member by a hash of the connection with a secret
 // seed (net/core/sock_reuseport.c reuseport_select_sock), which cannot be
 // redone here, so requests are counted for the group.
-func (t *listenTable) owner(r diagEntry) (listenKey, bool) {
-	port := r.port
-	candidates := []listenKey{{addr: netip.AddrPortFrom(r.addr, port)}}
-	if r.family == unix.AF_INET {
+func (t *listenTable) owner(family uint8, local netip.AddrPort) (listenKey, bool) {
+	port := local.Port()
+	candidates := []listenKey{{addr: local}}
+	if family == unix.AF_INET {
 		candidates = append(candidates, listenKey{addr: netip.AddrPortFrom(netip.IPv4Unspecified(), port)})
 	} else {
 		any6 := netip.AddrPortFrom(netip.IPv6Unspecified(), port)
 		candidates = append(candidates, listenKey{addr: any6}, listenKey{addr: any6, dual: true})
 	}
 	for _, k := range candidates {
-		if len(t.byKey[k]) > 0 {
+		if t.members[k] > 0 {
 			return k, true
 		}
 	}
@@ -323,7 +335,7 @@ func (t *listenTable) socket(i int) Socket {
 	e := t.listeners[i]
 	s := e.socket()
 	k := e.key()
-	s.SynQueue, s.SynRetransmitted, s.Group = t.syn[k], t.retrans[k], len(t.byKey[k])
+	s.SynQueue, s.SynRetransmitted, s.Group = t.syn[k], t.retrans[k], t.members[k]
 	return s
 }
 
@@ -427,7 +439,7 @@ func halfOpen(inode uint64, family uint8, port uint16) (int, bool) {
 	for _, e := range t.listeners {
 		if e.inode == inode {
 			k := e.key()
-			if len(t.byKey[k]) != 1 {
+			if t.members[k] != 1 {
 				return 0, false
 			}
 			return t.syn[k], true

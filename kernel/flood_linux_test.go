@@ -23,7 +23,7 @@ import (
 // sits in a second namespace with no addresses: SYN-ACKs to forged sources
 // leave and vanish. (Linux answers a SYN only if it has a route back,
 // net/ipv4/tcp_input.c tcp_conn_request via route_req.)
-func floodNamespace(t *testing.T, syncookies int) string {
+func floodNamespace(t testing.TB, syncookies int) string {
 	ns, sink := netnstest.New(t), netnstest.New(t)
 	netnstest.Run(t, "ip", "-n", ns, "addr", "add", "198.18.0.1/32", "dev", "lo")
 	netnstest.Run(t, "ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", sink)
