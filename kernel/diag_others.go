@@ -57,3 +57,8 @@ func Namespaces() ([]Namespace, error) {
 
 // Do runs f: there is only one namespace.
 func (n Namespace) Do(f func()) error { f(); return nil }
+
+// OpenNamespace fails with an error wrapping errors.ErrUnsupported.
+func OpenNamespace(string) (Namespace, error) {
+	return Namespace{}, unsupported("network namespaces on " + runtime.GOOS)
+}

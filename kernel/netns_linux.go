@@ -24,6 +24,27 @@ func CurrentNamespace() (Namespace, error) {
 	return Namespace{Inode: st.Ino, Self: true, path: "/proc/thread-self/ns/net"}, nil
 }
 
+// OpenNamespace returns the network namespace a path leads to: a name
+// under /run/netns ("blue" or "/run/netns/blue") or /proc/PID/ns/net.
+func OpenNamespace(path string) (Namespace, error) {
+	name := ""
+	if !strings.Contains(path, "/") {
+		name, path = path, netnsDirs[0]+"/"+path
+	} else if dir, base, ok := strings.Cut(path, "/netns/"); ok && (dir == "/run" || dir == "/var/run") {
+		name = base
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return Namespace{}, os.NewSyscallError("stat "+path, err)
+	}
+	self, err := CurrentNamespace()
+	if err == nil && self.Inode == st.Ino {
+		self.Name = name
+		return self, nil
+	}
+	return Namespace{Inode: st.Ino, Name: name, path: path}, nil
+}
+
 // Namespaces lists the network namespaces of the host that this process
 // can see: the calling thread's, every one named under /run/netns, and
 // every one a process is in (/proc/PID/ns/net), each once, the calling

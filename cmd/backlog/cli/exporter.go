@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"bufio"
+	"compress/gzip"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -13,7 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/backlog-dev/backlog/metrics"
@@ -67,16 +69,16 @@ func runExporter(ctx context.Context, e *env, args []string) error {
 	if _, _, err := net.SplitHostPort(f.listen); err != nil {
 		return usagef("exporter", "--listen %q: give HOST:PORT or :PORT, such as :9469", f.listen)
 	}
-	reg := exporterRegistry(metrics.HostConfig{AllNamespaces: f.allNetns, SkipHolders: f.noHolders})
+	x := newExporter(metrics.HostConfig{AllNamespaces: f.allNetns, SkipHolders: f.noHolders})
 	if f.once {
-		return writeExposition(e, reg)
+		return x.write(e.stdout)
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, ErrorHandling: promhttp.ContinueOnError}))
+	mux.Handle("/metrics", x)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
@@ -101,17 +103,63 @@ func runExporter(ctx context.Context, e *env, args []string) error {
 	return errInterrupted
 }
 
-// exporterRegistry is everything the exporter serves.
-func exporterRegistry(cfg metrics.HostConfig) *prometheus.Registry {
+// exporter is what `backlog exporter` serves: the host's sockets,
+// written straight (metrics.HostCollector.WriteText), then the Go,
+// process and build-information collectors through a registry.
+type exporter struct {
+	host *metrics.HostCollector
+	reg  *prometheus.Registry
+}
+
+func newExporter(cfg metrics.HostConfig) *exporter {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		metrics.NewHostCollector(cfg),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
 		buildInfo(),
 	)
-	return reg
+	return &exporter{host: metrics.NewHostCollector(cfg), reg: reg}
+}
+
+// write writes one scrape in the text format.
+func (x *exporter) write(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	if err := x.host.WriteText(bw); err != nil {
+		return err
+	}
+	mfs, gerr := x.reg.Gather()
+	enc := expfmt.NewEncoder(bw, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			return err
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if gerr != nil {
+		return fmt.Errorf("some metrics could not be gathered: %s", strings.ReplaceAll(gerr.Error(), "\n", "; "))
+	}
+	return nil
+}
+
+// ServeHTTP serves a scrape, compressed when the scraper accepts gzip, as
+// Prometheus does.
+func (x *exporter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", string(expfmt.NewFormat(expfmt.TypeTextPlain)))
+	var out io.Writer = w
+	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		w.Header().Set("Content-Encoding", "gzip")
+		gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+		defer gz.Close()
+		out = gz
+	}
+	if err := x.write(out); err != nil {
+		// Headers may be gone already; the scraper sees a cut-off body,
+		// which it rejects.
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
 }
 
 // buildInfo is backlog_exporter_build_info: the module version and VCS
@@ -131,24 +179,6 @@ func buildInfo() prometheus.Collector {
 		Help:        "1, with the version and VCS revision the exporter was built from and its Go version.",
 		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": goVersion},
 	}, func() float64 { return 1 })
-}
-
-// writeExposition writes one gathering of reg in the text format.
-func writeExposition(e *env, reg prometheus.Gatherer) error {
-	mfs, err := reg.Gather()
-	if err != nil && len(mfs) == 0 {
-		return err
-	}
-	enc := expfmt.NewEncoder(e.stdout, expfmt.NewFormat(expfmt.TypeTextPlain))
-	for _, mf := range mfs {
-		if err := enc.Encode(mf); err != nil {
-			return err
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("some metrics could not be gathered: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
-	}
-	return nil
 }
 
 // errInterrupted ends a command that was interrupted (SIGINT, SIGTERM)
