@@ -137,8 +137,9 @@ var tcpInfoThroughLastDataSent = unsafe.Offsetof(unix.TCPInfo{}.Last_data_sent) 
 // at the final ACK as long as it has sent nothing yet, and a server sends
 // nothing before accept(). net/ipv4/tcp_minisocks.c
 // tcp_create_openreq_child sets the child's lsndtime to the jiffies of
-// its creation (so since Linux 4.10; before, to the time its SYN-ACK was
-// sent, one handshake earlier), and net/ipv4/tcp.c tcp_get_info reports
+// its creation (newtp->lsndtime = tcp_jiffies32, since the tcp_jiffies32
+// rework of Linux 4.13; before, to treq->snt_synack, the time its first
+// SYN-ACK was sent, one handshake earlier), and net/ipv4/tcp.c tcp_get_info reports
 // now minus lsndtime in milliseconds, counted in timer ticks (1 to 10 ms,
 // CONFIG_HZ). A Fast Open connection, queued at its SYN, and one held back
 // by TCP_DEFER_ACCEPT, queued when its data came, are measured from that
