@@ -54,7 +54,11 @@
 // queue from the kernel's own account: the accepted socket's TCP_INFO
 // tcpi_last_data_sent, the time since the kernel created it at the final
 // ACK (net/ipv4/tcp_minisocks.c tcp_create_openreq_child sets lsndtime),
-// in milliseconds, counted in timer ticks. Stats.QueueWait gathers the
+// in milliseconds, counted in timer ticks (jiffies): exact in ticks, and
+// within a tick of the true wait as long as the ticks keep time; on a
+// virtual machine whose ticks come late and then catch up, the figure can
+// exceed the true wait by the ticks that were late (8 ms seen on the
+// machine the tests ran on). Stats.QueueWait gathers the
 // waits in a histogram; ListenConfig.SkipQueueWait turns the reading off.
 // This was checked on Linux 6.18, the one kernel at hand
 // (TestQueueWaitWithinATick); by the source it holds since 4.13, whose
