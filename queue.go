@@ -526,7 +526,9 @@ func (q *Queue[T]) Closed() bool {
 	return q.closed
 }
 
-// Stats returns a snapshot of the queue's gauges and counters.
+// Stats returns a snapshot of the queue's gauges and counters. Everything
+// is observed but QueueWait, which a queue without a clock leaves to its
+// transport.
 func (q *Queue[T]) Stats() Stats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -537,5 +539,7 @@ func (q *Queue[T]) Stats() Stats {
 	s.Len = q.ready.len()
 	s.HalfOpen = q.half.len()
 	s.Unavailable = q.owedYield + q.owedFD
+	// A queue has no clock: the transport measures the wait.
+	s.Unobserved = StatQueueWait
 	return s
 }

@@ -15,7 +15,8 @@ import (
 // A transport fills in what it can observe and marks the rest in
 // Unobserved: such a value reads 0 but is not a measurement, and Stats
 // marshals it to JSON as null and prints it as "n/a". A Queue observes
-// everything.
+// everything but QueueWait, which its transport measures. Stats compare
+// with ==.
 type Stats struct {
 	// Requested is the backlog last passed to listen().
 	Requested int `json:"requested"`
@@ -70,6 +71,12 @@ type Stats struct {
 	// SyncookiesRecv counts valid SYN-cookie ACKs that became connections.
 	SyncookiesRecv uint64 `json:"syncookies_recv"`
 
+	// QueueWait is how long accepted connections waited in the accept
+	// queue. A Queue has no clock: the transport measures it (package
+	// kernel from the kernel's own account, package netstack from its
+	// clock) and marks it unobserved where it cannot.
+	QueueWait QueueWait `json:"queue_wait"`
+
 	// Unobserved marks the values above that the transport cannot see.
 	Unobserved Stat `json:"-"`
 }
@@ -101,6 +108,9 @@ const (
 	StatTCPReqQFullDoCookies
 	StatSyncookiesSent
 	StatSyncookiesRecv
+	// StatQueueWait is Stats.QueueWait, a histogram: StatFields, which
+	// lists the numbers, does not have it.
+	StatQueueWait
 )
 
 // StatField describes one value of Stats: its bit, its JSON name, and how
@@ -118,7 +128,8 @@ type StatField struct {
 	set   func(s *Stats, v uint64)
 }
 
-// StatFields is every value of Stats, in order.
+// StatFields is every number of Stats, in order; QueueWait, a histogram,
+// comes after them in JSON.
 var StatFields = []StatField{
 	{StatRequested, "requested", true, func(s *Stats) uint64 { return uint64(s.Requested) }, func(s *Stats, v uint64) { s.Requested = int(v) }},
 	{StatBacklog, "backlog", true, func(s *Stats) uint64 { return uint64(s.Backlog) }, func(s *Stats, v uint64) { s.Backlog = int(v) }},
@@ -143,6 +154,26 @@ var StatFields = []StatField{
 	{StatSyncookiesRecv, "syncookies_recv", false, func(s *Stats) uint64 { return s.SyncookiesRecv }, func(s *Stats, v uint64) { s.SyncookiesRecv = v }},
 }
 
+// Add returns s and o together, for listeners reported as one (the
+// shards of an SO_REUSEPORT group): gauges and counters add up, the
+// queue waits merge, Requested and Backlog are s's, and what either did
+// not observe is unobserved.
+func (s Stats) Add(o Stats) Stats {
+	sum := s
+	for _, f := range StatFields {
+		if f.Stat != StatRequested && f.Stat != StatBacklog {
+			f.set(&sum, f.Value(&s)+f.Value(&o))
+		}
+	}
+	sum.QueueWait.Count += o.QueueWait.Count
+	sum.QueueWait.Sum += o.QueueWait.Sum
+	for i := range sum.QueueWait.Buckets {
+		sum.QueueWait.Buckets[i] += o.QueueWait.Buckets[i]
+	}
+	sum.Unobserved |= o.Unobserved
+	return sum
+}
+
 // Observed reports whether every value named by which was observed.
 func (s Stats) Observed(which Stat) bool { return s.Unobserved&which == 0 }
 
@@ -157,7 +188,8 @@ func (s *Stats) Get(which Stat) (v uint64, ok bool) {
 }
 
 // MarshalJSON writes the values as an object in the order of the struct,
-// with null for each value that was not observed.
+// with null for each value that was not observed; queue_wait is a
+// histogram (QueueWait.MarshalJSON).
 func (s Stats) MarshalJSON() ([]byte, error) {
 	var b bytes.Buffer
 	b.WriteByte('{')
@@ -189,6 +221,8 @@ func (s Stats) appendJSON(b *bytes.Buffer) {
 			b.WriteString(strconv.FormatUint(v, 10))
 		}
 	}
+	b.WriteString(`,"queue_wait":`)
+	s.QueueWait.appendJSON(b, s.Observed(StatQueueWait))
 }
 
 // UnmarshalJSON reads what MarshalJSON writes: a null marks the value as not
@@ -199,6 +233,13 @@ func (s *Stats) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	*s = Stats{}
+	if raw, present := m["queue_wait"]; present {
+		if string(raw) == "null" {
+			s.Unobserved |= StatQueueWait
+		} else if err := json.Unmarshal(raw, &s.QueueWait); err != nil {
+			return err
+		}
+	}
 	for _, f := range StatFields {
 		raw, present := m[f.Name]
 		if !present {
@@ -223,7 +264,9 @@ func (s *Stats) UnmarshalJSON(data []byte) error {
 
 // String returns the values as "name=value" pairs in the order of the
 // struct, leaving out counters that are zero, with "n/a" for what was not
-// observed: "backlog=5 capacity=6 queued_now=2 half_open_now=n/a …".
+// observed: "backlog=5 capacity=6 queued_now=2 half_open_now=n/a …"; the
+// queue wait comes last when some were measured: "queue_wait=(3 waits,
+// mean 1ms, …)".
 func (s Stats) String() string {
 	var parts []string
 	for _, f := range StatFields {
@@ -237,6 +280,9 @@ func (s Stats) String() string {
 		case v != 0:
 			parts = append(parts, f.Name+"="+strconv.FormatUint(v, 10))
 		}
+	}
+	if s.Observed(StatQueueWait) && s.QueueWait.Count > 0 {
+		parts = append(parts, "queue_wait=("+s.QueueWait.String()+")")
 	}
 	return strings.Join(parts, " ")
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestStatsUnobservedIsNotZero: what a transport cannot see marshals to
@@ -51,17 +52,18 @@ func TestStatFieldsCoverStats(t *testing.T) {
 		all |= f.Stat
 		names[f.Name] = true
 	}
-	// A queue observes everything: its JSON has no null.
+	// A queue observes everything but the wait, which needs a clock: its
+	// JSON has no other null.
 	q, _ := NewQueue[int](MustLookup("linux"), 5)
 	b, _ := json.Marshal(q.Stats())
 	var m map[string]any
 	json.Unmarshal(b, &m)
-	if len(m) != len(StatFields) {
-		t.Errorf("Stats marshals %d values; StatFields has %d", len(m), len(StatFields))
+	if len(m) != len(StatFields)+1 {
+		t.Errorf("Stats marshals %d values; StatFields has %d, and queue_wait", len(m), len(StatFields))
 	}
 	for k, v := range m {
-		if v == nil {
-			t.Errorf("a queue's %s is null", k)
+		if (v == nil) != (k == "queue_wait") {
+			t.Errorf("a queue's %s is %v", k, v)
 		}
 	}
 }
@@ -74,5 +76,71 @@ func TestListenRequest(t *testing.T) {
 		if got := ListenRequest(c.configured, 4096); got != c.want {
 			t.Errorf("ListenRequest(%d, 4096) = %d; want %d", c.configured, got, c.want)
 		}
+	}
+}
+
+// TestQueueWait: buckets by bound, quantiles rounded up to a bound, JSON
+// in cumulative buckets that reads back, and Stats still comparable.
+func TestQueueWait(t *testing.T) {
+	var h QueueWait
+	for _, d := range []time.Duration{0, time.Millisecond, 1500 * time.Microsecond, 40 * time.Millisecond, 3 * time.Second, 2 * time.Minute} {
+		h.Observe(d)
+	}
+	want := [len(h.Buckets)]uint64{0: 2, 1: 1, 5: 1, 11: 1, 15: 1}
+	if h.Buckets != want || h.Count != 6 {
+		t.Errorf("buckets %v count %d; want %v, 6", h.Buckets, h.Count, want)
+	}
+	if d, ok := h.Quantile(0.5); !ok || d != 2*time.Millisecond {
+		t.Errorf("p50 %v %v; want <= 2ms", d, ok)
+	}
+	if _, ok := h.Quantile(1); ok {
+		t.Errorf("p100 is beyond the last bound, yet known")
+	}
+	if got := h.String(); got != "6 waits, mean 20.5071s, p50 <= 2ms, p99 > 1m0s" {
+		t.Errorf("String() = %q", got)
+	}
+	s := Stats{Backlog: 5, QueueWait: h}
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"queue_wait":{"count":6,"sum_seconds":123.0425,"buckets":[{"le":"0.001","count":2},{"le":"0.002","count":3}`) ||
+		!strings.Contains(string(b), `{"le":"+Inf","count":6}]}`) {
+		t.Errorf("JSON %s", b)
+	}
+	var back Stats
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back != s {
+		t.Errorf("round trip: %+v; want %+v", back, s)
+	}
+	s.Unobserved = StatQueueWait
+	b, _ = json.Marshal(s)
+	if !strings.Contains(string(b), `"queue_wait":null`) {
+		t.Errorf("unobserved wait: %s", b)
+	}
+	var r QueueWaitRecorder
+	r.Observe(3 * time.Millisecond)
+	r.Observe(-time.Second)
+	if got := r.Snapshot(); got.Count != 2 || got.Buckets[0] != 1 || got.Buckets[2] != 1 || got.Sum != 3*time.Millisecond {
+		t.Errorf("recorder: %+v", got)
+	}
+}
+
+// TestStatsAdd: two shards' Stats add up, with Requested and Backlog the
+// first's, the waits merged, and what one did not see unobserved.
+func TestStatsAdd(t *testing.T) {
+	a := Stats{Requested: 5, Backlog: 5, Capacity: 6, Len: 2, Accepted: 3, Unobserved: StatSYNs}
+	b := Stats{Requested: 5, Backlog: 5, Capacity: 6, Len: 1, Accepted: 4, Unobserved: StatHalfOpen}
+	a.QueueWait.Observe(time.Millisecond)
+	b.QueueWait.Observe(time.Second)
+	got := a.Add(b)
+	var w QueueWait
+	w.Observe(time.Millisecond)
+	w.Observe(time.Second)
+	want := Stats{Requested: 5, Backlog: 5, Capacity: 12, Len: 3, Accepted: 7, QueueWait: w, Unobserved: StatSYNs | StatHalfOpen}
+	if got != want {
+		t.Errorf("Add: %+v; want %+v", got, want)
 	}
 }

@@ -80,6 +80,37 @@ func BenchmarkAccept(b *testing.B) {
 	}
 }
 
+// BenchmarkAcceptQueueWait measures what reading each accepted
+// connection's time in the queue (one getsockopt TCP_INFO per Accept)
+// costs: the listener as it is against one with ListenConfig.SkipQueueWait,
+// taking turns as in BenchmarkAccept, so ratio is the throughput with the
+// measure over the throughput without. impl=skip is the same against
+// itself: the method's noise.
+func BenchmarkAcceptQueueWait(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		cand kernel.ListenConfig
+	}{
+		{"impl=skip", kernel.ListenConfig{SkipQueueWait: true}},
+		{"impl=queuewait", kernel.ListenConfig{}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			base, err := (&kernel.ListenConfig{SkipQueueWait: true}).Listen(b.Context(), "tcp4", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			cand, err := tc.cand.Listen(b.Context(), "tcp4", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			benchAccept(b, cand, base, nil)
+			if s := cand.Stats(); s.Observed(backlog.StatQueueWait) != !tc.cand.SkipQueueWait {
+				b.Errorf("queue wait observed %v with SkipQueueWait %v", s.Observed(backlog.StatQueueWait), tc.cand.SkipQueueWait)
+			}
+		})
+	}
+}
+
 // pairedChunk is how many connections the candidate and the baseline take
 // in turn.
 const pairedChunk = 128
@@ -212,6 +243,29 @@ func BenchmarkReadCounters(b *testing.B) {
 	for b.Loop() {
 		if _, err := kernel.ReadCounters(); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkQueueWaitRead measures the read Accept adds per connection on
+// Linux (getsockopt TCP_INFO on the accepted socket), to set against the
+// CPU time a connection costs in BenchmarkAccept (cpu-us/conn).
+func BenchmarkQueueWaitRead(b *testing.B) {
+	ln := listen(b, &kernel.ListenConfig{}, "tcp4", "127.0.0.1:0")
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sc.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := kernel.QueueWaitOf(sc); !ok {
+			b.Fatal("no TCP_INFO")
 		}
 	}
 }

@@ -36,6 +36,37 @@
 // listeners are read through unix_diag (net/unix/diag.c
 // sk_diag_show_rqlen).
 //
+// # The SYN queue and the time in the queue
+//
+// Sockets counts, for every listening address, the handshakes waiting for
+// their final ACK: inet_diag lists request sockets in TCP_SYN_RECV when
+// asked for that state (net/ipv4/inet_diag.c inet_req_diag_fill), from
+// the established hash, where they live since Linux 4.4. A request socket
+// does not name its listener, so it is attributed as the kernel's lookup
+// chose it (the specific address before the wildcard), and within an
+// SO_REUSEPORT group, whose member the kernel picked by a seeded hash, to
+// the group as a whole (Socket.Group says how many share it). Asking for
+// request sockets makes the kernel walk every bucket of its established
+// hash, so a reading costs milliseconds, not microseconds (BENCHMARKS.md
+// has the figures with 30,000 listeners under a flood).
+//
+// On Linux, Accept reads how long each connection waited in the accept
+// queue from the kernel's own account: the accepted socket's TCP_INFO
+// tcpi_last_data_sent, the time since the kernel created it at the final
+// ACK (net/ipv4/tcp_minisocks.c tcp_create_openreq_child sets lsndtime),
+// in milliseconds, counted in timer ticks (jiffies): exact in ticks, and
+// within a tick of the true wait as long as the ticks keep time; on a
+// virtual machine whose ticks come late and then catch up, the figure can
+// exceed the true wait by the ticks that were late (8 ms seen on the
+// machine the tests ran on). Stats.QueueWait gathers the
+// waits in a histogram; ListenConfig.SkipQueueWait turns the reading off.
+// This was checked on Linux 6.18, the one kernel at hand
+// (TestQueueWaitWithinATick); by the source it holds since 4.13, whose
+// tcp_create_openreq_child sets lsndtime to tcp_jiffies32, the moment of
+// creation; earlier kernels set it to treq->snt_synack, when the first
+// SYN-ACK went out, so there the figure also counts the handshake (and any
+// SYN-ACK retransmissions before the final ACK).
+//
 // # Other systems
 //
 // On FreeBSD the backlog is exact and read back with SO_LISTENQLIMIT and

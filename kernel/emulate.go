@@ -100,13 +100,12 @@ func (e *emulator) SetBacklog(n int) error {
 const emulatedOnly = backlog.StatHalfOpen | backlog.StatSYNs | backlog.StatEvicted | backlog.StatExpired |
 	backlog.StatTCPReqQFullDrop | backlog.StatTCPReqQFullDoCookies | backlog.StatSyncookiesSent | backlog.StatSyncookiesRecv
 
-// KernelStats returns the emulated queue's statistics, with the kernel's
-// drops and the sheds added, beside the kernel queue's own figures.
+// KernelStats returns the emulated queue's statistics, with the sheds
+// added, beside the kernel queue's own figures (its sk_drops in Drops).
 func (e *emulator) KernelStats() (Stats, error) {
 	s, err := e.sock.KernelStats()
 	s.Stats = e.q.Stats()
 	s.Reset += s.Shed
-	s.ListenDrops += s.Drops
 	s.Unobserved = emulatedOnly
 	return s, err
 }

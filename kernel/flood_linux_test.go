@@ -23,7 +23,7 @@ import (
 // sits in a second namespace with no addresses: SYN-ACKs to forged sources
 // leave and vanish. (Linux answers a SYN only if it has a route back,
 // net/ipv4/tcp_input.c tcp_conn_request via route_req.)
-func floodNamespace(t *testing.T, syncookies int) string {
+func floodNamespace(t testing.TB, syncookies int) string {
 	ns, sink := netnstest.New(t), netnstest.New(t)
 	netnstest.Run(t, "ip", "-n", ns, "addr", "add", "198.18.0.1/32", "dev", "lo")
 	netnstest.Run(t, "ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", sink)
@@ -38,16 +38,20 @@ func floodNamespace(t *testing.T, syncookies int) string {
 
 // forgedSYN returns a SYN from a random address in 198.19.0.0/16 to
 // 198.18.0.1:80, IP header included.
-func forgedSYN(r *rand.Rand) []byte {
+func forgedSYN(r *rand.Rand) []byte { return forgedSYNTo(r, [4]byte{198, 18, 0, 1}, 80) }
+
+// forgedSYNTo returns a SYN from a random address in 198.19.0.0/16 to
+// dst:port, IP header included.
+func forgedSYNTo(r *rand.Rand, dst [4]byte, port uint16) []byte {
 	b := make([]byte, 40)
 	b[0], b[8], b[9] = 0x45, 64, syscall.IPPROTO_TCP
 	binary.BigEndian.PutUint16(b[2:], 40)
 	copy(b[12:], []byte{198, 19, byte(r.IntN(256)), byte(r.IntN(256))})
-	copy(b[16:], []byte{198, 18, 0, 1})
+	copy(b[16:], dst[:])
 	binary.BigEndian.PutUint16(b[10:], inetChecksum(b[:20], 0))
 	tcp := b[20:]
 	binary.BigEndian.PutUint16(tcp[0:], uint16(1024+r.IntN(60000)))
-	binary.BigEndian.PutUint16(tcp[2:], 80)
+	binary.BigEndian.PutUint16(tcp[2:], port)
 	binary.BigEndian.PutUint32(tcp[4:], r.Uint32())
 	tcp[12], tcp[13] = 5<<4, 0x02 // 20-byte header, SYN
 	binary.BigEndian.PutUint16(tcp[14:], 65535)

@@ -65,6 +65,13 @@ type ListenConfig struct {
 	// Logger receives the warning logged when the system stores a smaller
 	// backlog than the one asked for. Nil means slog.Default().
 	Logger *slog.Logger
+
+	// SkipQueueWait leaves out the measure of each accepted connection's
+	// time in the accept queue (Stats.QueueWait): on Linux one getsockopt
+	// TCP_INFO per Accept, about 1 % of accept throughput (BENCHMARKS.md).
+	// Stats.QueueWait is then unobserved. False measures it where the
+	// system can (Linux TCP listeners).
+	SkipQueueWait bool
 }
 
 // Listen listens on address with the given backlog: it is ListenConfig{Backlog:
@@ -98,7 +105,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 			return nil, err
 		}
 		s.warnIfClamped(requested, s.Backlog())
-		return &Listener{front: s, sock: s}, nil
+		return lc.newListener(s, s), nil
 	}
 	// The kernel queue only has to hold connections until the emulation
 	// takes them: give it all the room there is.
@@ -113,7 +120,15 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	}
 	e := emulate(s, q)
 	e.warnIfClamped(requested, q.Backlog())
-	return &Listener{front: e, sock: s}, nil
+	return lc.newListener(e, s), nil
+}
+
+func (lc *ListenConfig) newListener(front queueListener, s *socketListener) *Listener {
+	l := &Listener{front: front, sock: s}
+	if measuresQueueWait && !lc.SkipQueueWait && s.network != "unix" {
+		l.waits = new(backlog.QueueWaitRecorder)
+	}
+	return l
 }
 
 // A Listener is a listening socket whose backlog can be read back, changed
@@ -124,6 +139,9 @@ type Listener struct {
 	// itself, or the emulation wrapping it.
 	front queueListener
 	sock  *socketListener
+	// waits gathers the time each accepted connection waited; nil where
+	// it is not measured.
+	waits *backlog.QueueWaitRecorder
 }
 
 // queueListener is what the socket listener and the emulation that wraps it
@@ -145,8 +163,18 @@ func (l *Listener) Addr() net.Addr { return l.sock.Addr() }
 // Accept waits for and returns the next connection. While the process has
 // no free descriptor it keeps waiting (see the package documentation)
 // instead of failing. With a Personality it takes the oldest connection the
-// emulated queue holds.
-func (l *Listener) Accept() (net.Conn, error) { return l.front.Accept() }
+// emulated queue holds. On Linux it reads how long the connection waited
+// (Stats.QueueWait; with a Personality, the time in the kernel's queue and
+// the emulated one together), unless ListenConfig.SkipQueueWait is set.
+func (l *Listener) Accept() (net.Conn, error) {
+	c, err := l.front.Accept()
+	if err == nil && l.waits != nil {
+		if d, ok := queueWait(c); ok {
+			l.waits.Observe(d)
+		}
+	}
+	return c, err
+}
 
 // Close closes the listener. A pending Accept returns an error that wraps
 // net.ErrClosed, and so does a second Close. With a Personality, the
@@ -184,17 +212,30 @@ func (l *Listener) Backlog() int { return l.front.Backlog() }
 func (l *Listener) SetBacklog(n int) error { return l.front.SetBacklog(n) }
 
 // Stats returns the listener's gauges and counters as backlog.Stats:
-// Requested, Backlog, Capacity and Len, Accepted, Reset (connections shed
-// for lack of descriptors) and ListenDrops (the socket's own drop count,
-// which on Linux counts every SYN or final ACK the listener dropped,
-// overflows included). What the kernel does not report per socket (the
-// SYN-level counters, and overflows apart from drops) is marked in
-// Unobserved: ReadCounters has the namespace-wide counters. With a
-// Personality the queue's own statistics are returned, with the kernel's
-// drops and the sheds added.
+// Requested, Backlog, Capacity and Len, HalfOpen, Accepted, Reset
+// (connections shed for lack of descriptors) and QueueWait. What the
+// kernel does not report per socket (the SYN-level counters, overflows and
+// ListenDrops) is marked in Unobserved: ReadCounters has the
+// namespace-wide counters, and KernelStats the socket's own drop count,
+// sk_drops, which is not its ListenDrops (SocketStats.Drops says how they
+// differ). With a Personality the queue's own statistics are returned,
+// with the sheds added.
 //
-// It costs two getsockopt calls on Linux (TCP_INFO and SO_MEMINFO), about
-// two microseconds: cheap enough to call many times a second.
+// HalfOpen is the number of request sockets (handshakes waiting for their
+// final ACK) that sock_diag lists for the listener's address, on Linux, in
+// the network namespace of the calling thread. It is unobserved when the
+// listener shares its address with others (SO_REUSEPORT: the kernel does
+// not say which member holds a request), when Stats is called from
+// another namespace than the listener's, and elsewhere than on Linux.
+// Reading it walks the kernel's whole established hash (about 1.6 ms on a
+// host with 262,144 buckets), so it is read at most once a second and is
+// up to a second old.
+//
+// QueueWait is how long the connections Accept returned had waited in the
+// queue, read from the kernel's account in milliseconds (Accept says how).
+//
+// The rest costs two getsockopt calls on Linux (TCP_INFO and SO_MEMINFO),
+// about two microseconds: cheap enough to call many times a second.
 func (l *Listener) Stats() backlog.Stats {
 	s, _ := l.KernelStats()
 	return s.Stats
@@ -203,7 +244,16 @@ func (l *Listener) Stats() backlog.Stats {
 // KernelStats returns the listener's statistics with what only the kernel
 // transport has. The error reports a failed read-back (for instance after
 // Close); the counters kept in user space are filled in regardless.
-func (l *Listener) KernelStats() (Stats, error) { return l.front.KernelStats() }
+func (l *Listener) KernelStats() (Stats, error) {
+	s, err := l.front.KernelStats()
+	if l.waits != nil {
+		s.QueueWait = l.waits.Snapshot()
+		s.Unobserved &^= backlog.StatQueueWait
+	} else {
+		s.Unobserved |= backlog.StatQueueWait
+	}
+	return s, err
+}
 
 // Stats is what KernelStats reports: the listener's backlog.Stats and what
 // only a kernel listener has.
@@ -225,8 +275,20 @@ type SocketStats struct {
 	// and KernelLen is 0.
 	ReadBack bool `json:"read_back"`
 	// Drops is the socket's own drop counter (Linux sk_drops, `ss -lntm`
-	// d): SYNs and final ACKs the listener dropped. Zero where the system
-	// does not keep one.
+	// d), zero where the system does not keep one. It is not the
+	// listener's share of the namespace's TcpExt ListenDrops:
+	// include/net/tcp.h tcp_listendrop adds one to both for a SYN dropped
+	// on a full queue (net/ipv4/tcp_input.c tcp_conn_request) or a final
+	// ACK that finds it full (net/ipv4/tcp_ipv4.c tcp_v4_syn_recv_sock),
+	// but sk_drops also counts every segment tcp_v4_rcv discards for the
+	// socket (discard_and_relse: a socket filter, an MD5 or TCP-AO
+	// failure, IP_MINTTL, a full socket backlog while the listener is
+	// locked, and any segment for a handshake that tcp_check_req does not
+	// turn into a connection: so a final ACK that overflows the queue
+	// counts twice, and a bare final ACK under TCP_DEFER_ACCEPT, or a reset
+	// answered with a challenge ACK, once, none of them in ListenDrops),
+	// and ListenDrops counts for every listener of the namespace.
+	// TestSkDropsAreNotListenDrops measures each.
 	Drops uint64 `json:"drops"`
 	// Shed counts connections reset because the process had no free
 	// descriptor (ListenConfig.ShedLoad).

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -151,6 +150,22 @@ func parseNetstat(b []byte) (Counters, error) {
 	return Counters{}, errors.New("netstat: no TcpExt lines")
 }
 
+// FindHolders fills in PID and Process for the sockets given (as
+// SocketsWithoutHolders lists them, from any network namespace: socket
+// inodes are unique host-wide), scanning the descriptor links of every
+// process once, in ascending PID order, as `ss -p` does. Another user's
+// processes need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (or root's
+// CAP_DAC_OVERRIDE) to be read; their sockets keep PID 0.
+func FindHolders(socks []Socket) {
+	want := make(map[uint64]*Socket, len(socks))
+	for i := range socks {
+		if socks[i].PID == 0 {
+			want[socks[i].Inode] = &socks[i]
+		}
+	}
+	findHolders(want)
+}
+
 // findHolders fills in PID and Process for the sockets in want, scanning
 // the descriptor links of every process in ascending PID order, and stops
 // once every socket has a holder. Processes that vanish or cannot be read
@@ -159,21 +174,8 @@ func findHolders(want map[uint64]*Socket) {
 	if len(want) == 0 {
 		return
 	}
-	d, err := os.Open("/proc")
-	if err != nil {
-		return
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	pids := make([]int, 0, len(names))
-	for _, n := range names {
-		if pid, err := strconv.Atoi(n); err == nil {
-			pids = append(pids, pid)
-		}
-	}
-	sort.Ints(pids)
 	left := len(want)
-	for _, pid := range pids {
+	for _, pid := range pids() {
 		dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
 		fdDir, err := os.Open(dir)
 		if err != nil {
@@ -181,7 +183,7 @@ func findHolders(want map[uint64]*Socket) {
 		}
 		fds, _ := fdDir.Readdirnames(-1)
 		fdDir.Close()
-		var comm string
+		var name string
 		for _, fd := range fds {
 			link, err := os.Readlink(dir + fd)
 			if err != nil {
@@ -199,11 +201,10 @@ func findHolders(want map[uint64]*Socket) {
 			if !ok || s.PID != 0 {
 				continue
 			}
-			if comm == "" {
-				b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
-				comm = strings.TrimSpace(string(b))
+			if name == "" {
+				name = comm(pid)
 			}
-			s.PID, s.Process = pid, comm
+			s.PID, s.Process = pid, name
 			if left--; left == 0 {
 				return
 			}

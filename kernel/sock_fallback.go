@@ -16,7 +16,8 @@ import (
 // runtime's poller there (net.FileListener is not implemented on Windows),
 // so the runtime's choice of backlog stands.
 type sysListener struct {
-	inode uint64
+	inode  uint64
+	family uint8 // 0: not known
 }
 
 // sysListen listens through net.ListenConfig. It fails, with an error

@@ -1,7 +1,9 @@
 package kernel
 
 import (
+	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -118,3 +120,59 @@ func defaultBacklog() int {
 func Somaxconn() (int, error) {
 	return readSysctl("net/core/somaxconn")
 }
+
+// measuresQueueWait says that queueWait can read a connection's time in
+// the accept queue here.
+const measuresQueueWait = true
+
+// tcpInfoThroughLastDataSent is how much of struct tcp_info queueWait
+// asks for: up to and including tcpi_last_data_sent. The kernel fills in
+// the whole struct and copies as much as was asked for (net/ipv4/tcp.c
+// do_tcp_getsockopt).
+var tcpInfoThroughLastDataSent = unsafe.Offsetof(unix.TCPInfo{}.Last_data_sent) + unsafe.Sizeof(unix.TCPInfo{}.Last_data_sent)
+
+// queueWait returns how long a connection accept() has just returned
+// waited in the accept queue: its TCP_INFO tcpi_last_data_sent, the time
+// since it last sent data, which is the time since the kernel created it
+// at the final ACK as long as it has sent nothing yet, and a server sends
+// nothing before accept(). net/ipv4/tcp_minisocks.c
+// tcp_create_openreq_child sets the child's lsndtime to the jiffies of
+// its creation (newtp->lsndtime = tcp_jiffies32, since the tcp_jiffies32
+// rework of Linux 4.13; before, to treq->snt_synack, the time its first
+// SYN-ACK was sent, one handshake earlier), and net/ipv4/tcp.c tcp_get_info reports
+// now minus lsndtime in milliseconds, counted in timer ticks (1 to 10 ms,
+// CONFIG_HZ). A Fast Open connection, queued at its SYN, and one held back
+// by TCP_DEFER_ACCEPT, queued when its data came, are measured from that
+// moment, which is when they entered the queue.
+func queueWait(c net.Conn) (time.Duration, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	r := tcpInfoReaders.Get().(*tcpInfoReader)
+	defer tcpInfoReaders.Put(r)
+	if rc.Control(r.fn) != nil || r.err != nil {
+		return 0, false
+	}
+	return time.Duration(r.info.Last_data_sent) * time.Millisecond, true
+}
+
+// tcpInfoReader reads TCP_INFO with no allocation: its buffer and the
+// function Control calls are made once.
+type tcpInfoReader struct {
+	info unix.TCPInfo
+	err  error
+	fn   func(fd uintptr)
+}
+
+var tcpInfoReaders = sync.Pool{New: func() any {
+	r := new(tcpInfoReader)
+	r.fn = func(fd uintptr) {
+		r.err = getsockopt(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO, unsafe.Pointer(&r.info), tcpInfoThroughLastDataSent)
+	}
+	return r
+}}

@@ -26,6 +26,9 @@ type sysListener struct {
 	rc    syscall.RawConn
 	unix  bool
 	inode uint64
+	// family is the socket's address family: AF_INET, AF_INET6 (dual-stack
+	// too) or AF_UNIX.
+	family uint8
 	// requested is the backlog last passed to listen().
 	requested atomic.Int64
 
@@ -174,7 +177,7 @@ func (lc *ListenConfig) sysListen(ctx context.Context, network, address string, 
 		}
 		return nil, nil, &net.OpError{Op: "listen", Net: network, Addr: e.netAddr(), Err: err}
 	}
-	s := &sysListener{unix: e.family == unix.AF_UNIX, spare: -1}
+	s := &sysListener{unix: e.family == unix.AF_UNIX, family: uint8(e.family), spare: -1}
 	s.requested.Store(int64(n))
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) == nil {

@@ -38,6 +38,13 @@ type socketListener struct {
 	// lack of descriptors or memory.
 	accepted, shed, starved atomic.Uint64
 
+	// halfN and halfOK are the last reading of the SYN queue, made at
+	// halfAt.
+	halfMu sync.Mutex
+	halfAt time.Time
+	halfN  int
+	halfOK bool
+
 	mu       sync.Mutex // serialises SetBacklog and Close
 	closed   bool
 	done     chan struct{}
@@ -128,11 +135,13 @@ func (s *socketListener) SetBacklog(n int) error {
 	return nil
 }
 
-// kernelOnly is what the kernel does not report per socket.
+// kernelOnly is what the kernel does not report per socket. ListenDrops
+// is among it: the socket's own drop count (SocketStats.Drops) counts
+// other things too.
 const kernelOnly = backlog.StatHalfOpen | backlog.StatSYNs | backlog.StatQueued | backlog.StatRefused |
 	backlog.StatIgnored | backlog.StatEvicted | backlog.StatExpired | backlog.StatDeferredRefusals |
-	backlog.StatListenOverflows | backlog.StatTCPReqQFullDrop | backlog.StatTCPReqQFullDoCookies |
-	backlog.StatSyncookiesSent | backlog.StatSyncookiesRecv
+	backlog.StatListenOverflows | backlog.StatListenDrops | backlog.StatTCPReqQFullDrop |
+	backlog.StatTCPReqQFullDoCookies | backlog.StatSyncookiesSent | backlog.StatSyncookiesRecv
 
 func (s *socketListener) KernelStats() (Stats, error) {
 	q, err := s.sys.queue()
@@ -157,15 +166,38 @@ func (s *socketListener) KernelStats() (Stats, error) {
 	st.Len = q.Len
 	st.Accepted = s.accepted.Load()
 	st.Reset = st.Shed
-	st.ListenDrops = st.Drops
 	st.Unobserved = kernelOnly
+	if n, ok := s.halfOpen(); ok {
+		st.HalfOpen = n
+		st.Unobserved &^= backlog.StatHalfOpen
+	}
 	if !q.ReadBack {
 		st.Unobserved |= backlog.StatLen
 	}
-	if !q.HaveDrops {
-		st.Unobserved |= backlog.StatListenDrops
-	}
 	return st, err
+}
+
+// halfOpenEvery is how often KernelStats reads the SYN queue again.
+const halfOpenEvery = time.Second
+
+// halfOpen counts the socket's request sockets (handshakes waiting for
+// their final ACK) through sock_diag, where the kernel can tell them
+// apart: on Linux, for a TCP socket alone on its address, read from the
+// namespace of the calling thread. The reading walks the kernel's whole
+// established hash (readListenTable says what that costs), so it is kept
+// and read again only once halfOpenEvery has passed.
+func (s *socketListener) halfOpen() (int, bool) {
+	a, ok := s.ln.Addr().(*net.TCPAddr)
+	if !ok || s.sys.inode == 0 || s.sys.family == 0 {
+		return 0, false
+	}
+	s.halfMu.Lock()
+	defer s.halfMu.Unlock()
+	if now := time.Now(); s.halfAt.IsZero() || now.Sub(s.halfAt) >= halfOpenEvery {
+		s.halfN, s.halfOK = halfOpen(s.sys.inode, s.sys.family, uint16(a.Port))
+		s.halfAt = now
+	}
+	return s.halfN, s.halfOK
 }
 
 // note records a read-back.

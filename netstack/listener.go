@@ -60,6 +60,10 @@ type Listener struct {
 	// gate decided them, guarded by gate.mu (see answer).
 	answers fifo[answer]
 
+	// waits gathers how long accepted connections waited, by the stack's
+	// clock.
+	waits backlog.QueueWaitRecorder
+
 	wg sync.WaitGroup
 }
 
@@ -230,6 +234,7 @@ func (l *Listener) take(e *pending, closed <-chan struct{}) (net.Conn, bool) {
 		return nil, false // reset before gVisor handed it over
 	}
 	c := newConn(gonet.NewTCPConn(e.wq, e.ep), e.ep)
+	l.waits.Observe(time.Duration(l.gate.stack.Clock().NowMonotonic().Sub(e.start)))
 	if e.cookieBorn {
 		id := e.id
 		c.onClose = func() { l.gate.retireLater(id) }
@@ -256,8 +261,19 @@ func (l *Listener) HalfOpen() int { return l.q.HalfOpen() }
 // Personality returns the rules the listener follows.
 func (l *Listener) Personality() backlog.Personality { return l.p }
 
-// Stats returns the queue's gauges and counters.
-func (l *Listener) Stats() backlog.Stats { return l.q.Stats() }
+// Stats returns the queue's gauges and counters. QueueWait is measured by
+// the host's clock from the SYN the gate admitted (or the cookie ACK that
+// made the connection) to the Accept that took it: in process the
+// handshake takes microseconds, so this is the time in the queue, save
+// for a connection whose final ACK found the queue full and was held back
+// half-open (Linux's rule), whose wait then counts the hold too; the
+// kernel's figure starts at the final ACK that got in.
+func (l *Listener) Stats() backlog.Stats {
+	s := l.q.Stats()
+	s.QueueWait = l.waits.Snapshot()
+	s.Unobserved &^= backlog.StatQueueWait
+	return s
+}
 
 // SetBacklog calls listen() again with n: depending on the personality, the
 // stored backlog changes, pending connections beyond it are reset (clients

@@ -32,6 +32,7 @@ func commands() []command {
 		{"lab", "watch a listen queue at work, on any system's rules", labUsage, runLab},
 		{"probe", "learn what this host's kernel does with the backlog", probeUsage, runProbe},
 		{"top", "every listening TCP socket of this host, live", topUsage, runTop},
+		{"exporter", "Prometheus metrics for every listen queue of this host", exporterUsage, runExporter},
 		{"serve", "a real server with the backlog you choose, its queue shown", serveUsage, runServe},
 		{"fill", "open many connections to an address and see what each meets", fillUsage, runFill},
 		{"explain", "what listen(BACKLOG) becomes on each system", explainUsage, runExplain},
@@ -77,11 +78,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // Main runs the command and returns its exit status: 0 on success, 2 on
-// misuse, 1 on any other failure. Errors are printed to stderr on one line.
+// misuse, 130 when interrupted (a command that reports it was stopped
+// has said what it did by then), 1 on any other failure. Errors are
+// printed to stderr on one line.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := Run(ctx, args, stdout, stderr)
 	if err == nil {
 		return 0
+	}
+	if errors.Is(err, errInterrupted) {
+		return 130
 	}
 	var ue *UsageError
 	if errors.As(err, &ue) {

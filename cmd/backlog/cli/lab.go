@@ -192,8 +192,17 @@ func printLabResult(e *env, r lab.Result, f labFlags, policy lab.AcceptPolicy) {
 	printRelistens(w, r.Relistens)
 	printConnectTimes(w, r.ConnectMS)
 	s := r.Stats
-	fmt.Fprintf(w, "listener: %d SYNs, %d queued, %d ignored, %d refused, %d reset, %d listen overflows",
-		s.SYNs, s.Queued, s.Ignored, s.Refused, s.Reset, s.ListenOverflows)
+	switch {
+	case !s.Observed(backlog.StatQueueWait):
+		fmt.Fprintln(w, "time in the queue: n/a")
+	case s.QueueWait.Count == 0:
+		fmt.Fprintln(w, "time in the queue: nothing was accepted")
+	default:
+		fmt.Fprintf(w, "time in the queue: %s\n", s.QueueWait)
+	}
+	fmt.Fprintf(w, "listener: %s SYNs, %s queued, %s ignored, %s refused, %s reset, %s listen overflows",
+		value(s, backlog.StatSYNs), value(s, backlog.StatQueued), value(s, backlog.StatIgnored),
+		value(s, backlog.StatRefused), value(s, backlog.StatReset), value(s, backlog.StatListenOverflows))
 	if s.SyncookiesSent > 0 {
 		fmt.Fprintf(w, ", %d SYN cookies sent, %d returned", s.SyncookiesSent, s.SyncookiesRecv)
 	}

@@ -9,6 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/lab"
 	"github.com/backlog-dev/backlog/internal/transport"
+	"github.com/backlog-dev/backlog/kernel"
 	"github.com/backlog-dev/backlog/metrics"
 	"github.com/backlog-dev/backlog/netstack"
 )
@@ -42,8 +46,17 @@ runs, until interrupted (SIGINT or SIGTERM).
   --accept-after D     the first accept waits D
   --relisten D:N       call listen(N) again D after the start (repeatable)
   --handler H          http (default): a page describing the queue; echo
+  --reuseport N        N listeners on the address with SO_REUSEPORT, each
+                       with its own accept loop (default 1, no SO_REUSEPORT;
+                       kernel transport): the kernel spreads connections over
+                       them, and the view shows each one's queue and how
+                       unevenly they are loaded
   --metrics ADDR       serve Prometheus metrics at http://ADDR/metrics
   --interval D         how often to show the queue (default 1s)
+
+The view shows the queue, the half-open handshakes, the counters and how
+long accepted connections waited in the queue (p50 and p99, rounded up to
+a bucket of the histogram); what the transport cannot see shows as n/a.
 `
 
 type serveFlags struct {
@@ -56,6 +69,7 @@ type serveFlags struct {
 	handler                      string
 	metrics                      string
 	interval                     time.Duration
+	reuseport                    int
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -73,6 +87,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.handler, "handler", "http", "")
 	fs.StringVar(&f.metrics, "metrics", "", "")
 	fs.DurationVar(&f.interval, "interval", time.Second, "")
+	fs.IntVar(&f.reuseport, "reuseport", 1, "")
 	rest, err := parseFlags(e, fs, serveUsage, args)
 	if err != nil {
 		return helpIsNotAnError(err)
@@ -96,6 +111,10 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		return usagef("serve", "--tun and --addr go with --transport netstack")
 	case f.interval <= 0:
 		return usagef("serve", "--interval must be more than 0")
+	case f.reuseport < 1 || f.reuseport > maxShards:
+		return usagef("serve", "--reuseport %d: give from 1 to %d listeners", f.reuseport, maxShards)
+	case f.reuseport > 1 && f.transport != transport.Kernel:
+		return usagef("serve", "--reuseport %d needs --transport kernel: netstack has no SO_REUSEPORT", f.reuseport)
 	}
 	if _, _, err := net.SplitHostPort(f.listen); err != nil {
 		return usagef("serve", "--listen %q: give HOST:PORT, such as 127.0.0.1:8080", f.listen)
@@ -120,6 +139,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	return s.run(ctx)
 }
 
+// maxShards bounds --reuseport.
+const maxShards = 64
+
 // server is one backlog serve.
 type server struct {
 	e      *env
@@ -127,9 +149,10 @@ type server struct {
 	p      backlog.Personality
 	policy lab.AcceptPolicy
 
-	srv     *transport.Server
-	l       backlog.Listener
-	paced   net.Listener
+	// One of each per shard: the opened listener, and the same paced.
+	srvs    []*transport.Server
+	ls      []backlog.Listener
+	paced   []net.Listener
 	note    string // how the listener follows its personality
 	metrics *http.Server
 	http    *http.Server
@@ -140,7 +163,8 @@ type server struct {
 }
 
 func (s *server) listen(ctx context.Context) error {
-	cfg := transport.Config{Transport: s.f.transport, Personality: s.p, Backlog: s.f.backlog, Network: "tcp", Address: s.f.listen}
+	cfg := transport.Config{Transport: s.f.transport, Personality: s.p, Backlog: s.f.backlog, Network: "tcp", Address: s.f.listen,
+		ReusePort: s.f.reuseport > 1}
 	if s.f.transport == transport.Netstack {
 		prefix, err := netip.ParsePrefix(s.f.addr)
 		if err != nil || !prefix.Addr().Is4() {
@@ -158,16 +182,124 @@ func (s *server) listen(ctx context.Context) error {
 		cfg.TUN = &netstack.TUNConfig{Name: s.f.tun, Addrs: []netip.Addr{prefix.Addr()}, KernelPrefix: kernelPrefix}
 		s.note = fmt.Sprintf("user space, on %s; the kernel's side is %v", s.f.tun, kernelPrefix)
 	}
-	srv, err := transport.Open(ctx, cfg)
-	if err != nil {
-		return err
+	for i := range s.f.reuseport {
+		srv, err := transport.Open(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		if srv.Emulated {
+			s.note = "emulated in front of the kernel's queue"
+		}
+		if i == 0 {
+			// The other shards take the address the first one got.
+			cfg.Address = srv.Listener.Addr().String()
+		}
+		s.srvs, s.ls = append(s.srvs, srv), append(s.ls, srv.Listener)
+		s.paced = append(s.paced, lab.Paced(srv.Listener, s.policy))
 	}
-	if srv.Emulated {
-		s.note = "emulated in front of the kernel's queue"
+	if len(s.ls) > 1 {
+		s.note += fmt.Sprintf("; %d listeners with SO_REUSEPORT", len(s.ls))
+		s.note = strings.TrimPrefix(s.note, "; ")
 	}
-	s.srv, s.l = srv, srv.Listener
-	s.paced = lab.Paced(s.l, s.policy)
 	return nil
+}
+
+// shardStats is what the shards report together: their Stats added up,
+// the queue of each, and the socket drops (sk_drops) of kernel listeners.
+type shardStats struct {
+	backlog.Stats
+	queues []int
+	// drops is the kernel sockets' sk_drops, and haveDrops whether the
+	// listeners are kernel sockets.
+	drops     uint64
+	haveDrops bool
+	fulls     []float64
+}
+
+func (s *server) stats() shardStats {
+	var out shardStats
+	for i, l := range s.ls {
+		var st backlog.Stats
+		if k, ok := l.(interface{ KernelStats() (kernel.Stats, error) }); ok {
+			ks, _ := k.KernelStats()
+			st, out.drops, out.haveDrops = ks.Stats, out.drops+ks.Drops, true
+		} else {
+			st = l.Stats()
+		}
+		out.queues = append(out.queues, st.Len)
+		out.fulls = append(out.fulls, fullness(st.Len, st.Capacity))
+		if i == 0 {
+			out.Stats = st
+			continue
+		}
+		out.Stats = out.Add(st)
+	}
+	return out
+}
+
+// value formats one value of Stats, or n/a where it was not observed.
+func value(st backlog.Stats, which backlog.Stat) string {
+	v, ok := st.Get(which)
+	if !ok {
+		return "n/a"
+	}
+	return strconv.FormatInt(int64(v), 10)
+}
+
+// waitText is the view's queue-wait summary: "waited p50 <= 5ms, p99 <=
+// 1s", or n/a.
+func waitText(st backlog.Stats) string {
+	if !st.Observed(backlog.StatQueueWait) {
+		return "waited n/a"
+	}
+	h := st.QueueWait
+	if h.Count == 0 {
+		return "waited -"
+	}
+	q := func(p float64) string {
+		if d, ok := h.Quantile(p); ok {
+			return "<= " + d.String()
+		}
+		return "> " + backlog.QueueWaitBounds()[len(backlog.QueueWaitBounds())-1].String()
+	}
+	return fmt.Sprintf("waited p50 %s, p99 %s", q(0.5), q(0.99))
+}
+
+// line is the view's line: the queue of each shard, the counters, the
+// wait.
+func (st shardStats) line(prev shardStats, interval time.Duration) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "queue %d/%d", st.Len, st.Capacity)
+	if len(st.queues) > 1 {
+		qs := make([]string, len(st.queues))
+		for i, q := range st.queues {
+			qs[i] = strconv.Itoa(q)
+		}
+		lo, hi := slices.Min(st.fulls), slices.Max(st.fulls)
+		fmt.Fprintf(&b, " [%s], imbalance %.0f%%", strings.Join(qs, " "), 100*(hi-lo))
+	}
+	fmt.Fprintf(&b, ", half-open %s; accepted %d (+%.0f/s), refused %s, ignored %s, reset %s, ",
+		value(st.Stats, backlog.StatHalfOpen), st.Accepted, float64(st.Accepted-prev.Accepted)/interval.Seconds(),
+		value(st.Stats, backlog.StatRefused), value(st.Stats, backlog.StatIgnored), value(st.Stats, backlog.StatReset))
+	b.WriteString(st.dropText())
+	b.WriteString("; " + waitText(st.Stats))
+	return b.String()
+}
+
+// dropText says what was dropped: the queue's own ListenDrops where it
+// keeps them, and a kernel socket's sk_drops.
+func (st shardStats) dropText() string {
+	var parts []string
+	if st.Observed(backlog.StatListenDrops) {
+		parts = append(parts, "dropped "+strconv.FormatUint(st.ListenDrops, 10))
+	}
+	if st.haveDrops {
+		parts = append(parts, "socket drops "+strconv.FormatUint(st.drops, 10))
+	}
+	if len(parts) == 0 {
+		return "dropped n/a"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // otherAddr returns the first address of the prefix that is neither the
@@ -181,9 +313,9 @@ func otherAddr(p netip.Prefix) (netip.Addr, bool) {
 }
 
 func (s *server) run(ctx context.Context) error {
-	st := s.l.Stats()
+	st := s.ls[0].Stats()
 	fmt.Fprintf(s.e.stdout, "serving %s on %s (%s, %s): listen(%d) stored %d, %d can wait; accepting: %s\n",
-		s.f.handler, s.l.Addr(), s.f.transport, s.p, st.Requested, st.Backlog, st.Capacity, s.policy)
+		s.f.handler, s.ls[0].Addr(), s.f.transport, s.p, st.Requested, st.Backlog, st.Capacity, s.policy)
 	if s.note != "" {
 		fmt.Fprintf(s.e.stdout, "%s: %s\n", s.p, s.note)
 	}
@@ -193,19 +325,23 @@ func (s *server) run(ctx context.Context) error {
 		}
 	}
 	s.conns = map[net.Conn]struct{}{}
-	s.wg.Add(1)
 	if s.f.handler == "http" {
 		s.http = &http.Server{Handler: http.HandlerFunc(s.page), ReadHeaderTimeout: 10 * time.Second}
-		go func() { defer s.wg.Done(); s.http.Serve(s.paced) }()
-	} else {
-		go func() { defer s.wg.Done(); s.echoLoop() }()
+	}
+	for _, pl := range s.paced {
+		s.wg.Add(1)
+		if s.http != nil {
+			go func() { defer s.wg.Done(); s.http.Serve(pl) }()
+		} else {
+			go func() { defer s.wg.Done(); s.echoLoop(pl) }()
+		}
 	}
 
 	start := time.Now()
 	live := isTerminal(s.e.stderr)
 	tick := time.NewTicker(s.f.interval)
 	defer tick.Stop()
-	prev := s.l.Stats()
+	prev := s.stats()
 	steps := s.f.relisten
 	var relisten <-chan time.Time
 	if len(steps) > 0 {
@@ -224,8 +360,14 @@ func (s *server) run(ctx context.Context) error {
 				defer t.Stop()
 				relisten = t.C
 			}
-			err := s.l.SetBacklog(step.Backlog)
-			st := s.l.Stats()
+			// Every shard listens again.
+			var err error
+			for _, l := range s.ls {
+				if e := l.SetBacklog(step.Backlog); e != nil && err == nil {
+					err = e
+				}
+			}
+			st := s.stats()
 			if live {
 				fmt.Fprint(s.e.stderr, "\r\x1b[2K")
 			}
@@ -239,16 +381,15 @@ func (s *server) run(ctx context.Context) error {
 			if live {
 				fmt.Fprintln(s.e.stderr)
 			}
-			final := s.l.Stats()
-			fmt.Fprintf(s.e.stdout, "stopped after %s: %d accepted, %d refused, %d ignored, %d reset, %d dropped\n",
-				time.Since(start).Round(time.Second), final.Accepted, final.Refused, final.Ignored, final.Reset, final.ListenDrops)
+			final := s.stats()
+			fmt.Fprintf(s.e.stdout, "stopped after %s: %d accepted, %s refused, %s ignored, %s reset, %s; %s\n",
+				time.Since(start).Round(time.Second), final.Accepted, value(final.Stats, backlog.StatRefused),
+				value(final.Stats, backlog.StatIgnored), value(final.Stats, backlog.StatReset), final.dropText(), waitText(final.Stats))
 			return nil
 		case <-tick.C:
 		}
-		now := s.l.Stats()
-		line := fmt.Sprintf("queue %d/%d, half-open %d; accepted %d (+%.0f/s), refused %d, ignored %d, reset %d, dropped %d",
-			now.Len, now.Capacity, now.HalfOpen, now.Accepted, float64(now.Accepted-prev.Accepted)/s.f.interval.Seconds(),
-			now.Refused, now.Ignored, now.Reset, now.ListenDrops)
+		now := s.stats()
+		line := now.line(prev, s.f.interval)
 		prev = now
 		if live {
 			fmt.Fprintf(s.e.stderr, "\r\x1b[2K%s", line)
@@ -260,7 +401,11 @@ func (s *server) run(ctx context.Context) error {
 
 func (s *server) serveMetrics() error {
 	col := metrics.NewCollector()
-	col.Add(s.l, metrics.Labels{Listener: s.l.Addr().String(), Personality: s.p.String(), Transport: s.f.transport})
+	for _, l := range s.ls {
+		// Shards share these labels; the collector tells them apart by
+		// inode.
+		col.Add(l, metrics.Labels{Listener: l.Addr().String(), Personality: s.p.String(), Transport: s.f.transport})
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(col)
 	ln, err := net.Listen("tcp", s.f.metrics)
@@ -276,11 +421,11 @@ func (s *server) serveMetrics() error {
 	return nil
 }
 
-// echoLoop accepts at the chosen pace and echoes each connection on its own
-// goroutine, until the listener closes.
-func (s *server) echoLoop() {
+// echoLoop accepts from pl at the chosen pace and echoes each connection
+// on its own goroutine, until the listener closes.
+func (s *server) echoLoop(pl net.Listener) {
 	for {
-		c, err := s.paced.Accept()
+		c, err := pl.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -305,10 +450,11 @@ func (s *server) echoLoop() {
 }
 
 func (s *server) page(w http.ResponseWriter, _ *http.Request) {
-	st := s.l.Stats()
-	fmt.Fprintf(w, "backlog serve: %s on %s (%s)\nlisten(%d): backlog %d, %d can wait; %d waiting now\naccepted %d, refused %d, ignored %d, reset %d, dropped %d\n",
-		s.p, s.l.Addr(), s.f.transport, st.Requested, st.Backlog, st.Capacity, st.Len,
-		st.Accepted, st.Refused, st.Ignored, st.Reset, st.ListenDrops)
+	st := s.stats()
+	fmt.Fprintf(w, "backlog serve: %s on %s (%s)\nlisten(%d): backlog %d, %d can wait; %d waiting now\naccepted %d, refused %s, ignored %s, reset %s, %s\n%s\n",
+		s.p, s.ls[0].Addr(), s.f.transport, st.Requested, st.Backlog, st.Capacity, st.Len,
+		st.Accepted, value(st.Stats, backlog.StatRefused), value(st.Stats, backlog.StatIgnored), value(st.Stats, backlog.StatReset),
+		st.dropText(), waitText(st.Stats))
 }
 
 // close stops everything and waits for every goroutine.
@@ -316,8 +462,8 @@ func (s *server) close() {
 	if s.http != nil {
 		s.http.Close() // the listener and every connection
 	}
-	if s.paced != nil {
-		s.paced.Close()
+	for _, pl := range s.paced {
+		pl.Close()
 	}
 	if s.metrics != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -330,7 +476,7 @@ func (s *server) close() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	if s.srv != nil {
-		s.srv.Close()
+	for _, srv := range s.srvs {
+		srv.Close()
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/backlog-dev/backlog/kernel"
 )
 
 // lines is a writer that tests can watch while a command runs.
@@ -74,6 +77,15 @@ func startServe(t *testing.T, args ...string) (out *lines, stop func() error) {
 // before, which may fail the start.
 func startServeAfter(t *testing.T, before func() error, args ...string) (out *lines, stop func() error) {
 	t.Helper()
+	return startCommand(t, before, "serve", args...)
+}
+
+// startCommand runs a command in process until the returned stop is
+// called, its goroutine first calling before (if not nil), which may fail
+// the start; stop returns Run's error. Its stdout and stderr both go to
+// out.
+func startCommand(t *testing.T, before func() error, cmd string, args ...string) (out *lines, stop func() error) {
+	t.Helper()
 	out = newLines()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -84,7 +96,7 @@ func startServeAfter(t *testing.T, before func() error, args ...string) (out *li
 				return
 			}
 		}
-		errc <- Run(ctx, append([]string{"serve"}, args...), out, io.Discard)
+		errc <- Run(ctx, append([]string{cmd}, args...), out, out)
 	}()
 	var once sync.Once
 	var err error
@@ -94,7 +106,7 @@ func startServeAfter(t *testing.T, before func() error, args ...string) (out *li
 			select {
 			case err = <-errc:
 			case <-time.After(10 * time.Second):
-				t.Fatal("serve did not stop")
+				t.Fatalf("%s did not stop", cmd)
 			}
 		})
 		return err
@@ -221,10 +233,58 @@ func TestServeMisuse(t *testing.T) {
 		{[]string{"serve", "--interval", "0s"}, "--interval must be more than 0"},
 		{[]string{"serve", "--personality", "all"}, "--personality takes one system, not all"},
 		{[]string{"serve", "--personality", "vms"}, `unknown personality "vms"; valid: all,`},
+		{[]string{"serve", "--reuseport", "0"}, "--reuseport 0: give from 1 to 64 listeners"},
+		{[]string{"serve", "--reuseport", "2", "--transport", "netstack", "--tun", "t", "--addr", "198.18.0.2/15"}, "--reuseport 2 needs --transport kernel"},
 	} {
 		code, out, errOut := run(t, tt.args...)
 		if code != 2 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tt.mention) || out != "" {
 			t.Errorf("backlog %q: exit %d, stderr %q; want exit 2 and one line mentioning %q", tt.args, code, errOut, tt.mention)
 		}
+	}
+}
+
+// TestServeReusePort runs two SO_REUSEPORT shards that never accept: the
+// kernel lists them as a group of two on one address, their clients add up
+// to what was dialled, the metrics keep them apart by inode, and the view
+// shows each shard's queue and their imbalance.
+func TestServeReusePort(t *testing.T) {
+	requireLinux(t)
+	out, _ := startServe(t, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--reuseport", "2",
+		"--backlog", "16", "--accept", "none", "--handler", "echo", "--interval", "20ms")
+	addr := out.await(t, servingOn)
+	murl := out.await(t, metricsOn)
+	const clients = 6
+	for range clients {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	socks, err := kernel.Sockets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var members []kernel.Socket
+	for _, s := range socks {
+		if s.Addr.String() == addr {
+			members = append(members, s)
+		}
+	}
+	if len(members) != 2 || members[0].Group != 2 || members[0].Len+members[1].Len != clients {
+		t.Fatalf("the kernel lists %+v on %s; want a group of two holding %d", members, addr, clients)
+	}
+	all := parseExposition(t, get(t, murl))
+	qs := find(all, "backlog_listener_queue_length", map[string]string{"listener": addr})
+	if len(qs) != 2 || qs[0].labels["inode"] == qs[1].labels["inode"] || qs[0].value+qs[1].value != clients {
+		t.Errorf("queue_length series %v; want two, by inode, adding up to %d", qs, clients)
+	}
+	view := regexp.MustCompile(`queue 6/34 \[(\d+) (\d+)\], imbalance (\d+)%`)
+	m := view.FindStringSubmatch(out.await(t, regexp.MustCompile(`(queue 6/34 \[\d+ \d+\], imbalance \d+%)`)))
+	a, _ := strconv.Atoi(m[1])
+	b, _ := strconv.Atoi(m[2])
+	im, _ := strconv.Atoi(m[3])
+	if a+b != clients || im != int(math.Round(100*math.Abs(float64(a-b))/17)) {
+		t.Errorf("view %q: queues %d and %d, imbalance %d%%; want them to add to %d and differ by %.0f%% of 17", m[0], a, b, im, clients, 100*math.Abs(float64(a-b))/17)
 	}
 }
