@@ -54,6 +54,10 @@ type Config struct {
 	Emulate bool
 	// ReusePort, for Kernel, sets SO_REUSEPORT.
 	ReusePort bool
+	// Overload is the listener's overload policy (backlog.Overload); the
+	// zero value is none. On the kernel it needs the host's own rules
+	// (no emulation).
+	Overload backlog.Overload
 	// Logger receives the kernel's warning about a clamped backlog. Nil
 	// discards it.
 	Logger *slog.Logger
@@ -123,7 +127,7 @@ func openKernel(ctx context.Context, cfg Config) (*Server, error) {
 	if network == "" {
 		network = "tcp"
 	}
-	lc := kernel.ListenConfig{Backlog: backlog.Exactly(cfg.Backlog), ReusePort: cfg.ReusePort, Logger: cfg.Logger}
+	lc := kernel.ListenConfig{Backlog: backlog.Exactly(cfg.Backlog), ReusePort: cfg.ReusePort, Logger: cfg.Logger, Overload: cfg.Overload}
 	emulated := cfg.Emulate || Emulates(cfg.Personality)
 	if emulated {
 		lc.Personality = cfg.Personality
@@ -185,7 +189,7 @@ func (c Config) netstackAddress() (network, address string) {
 }
 
 func (c Config) netstackConfig() *netstack.ListenConfig {
-	return &netstack.ListenConfig{Personality: c.Personality, Backlog: backlog.Exactly(c.Backlog)}
+	return &netstack.ListenConfig{Personality: c.Personality, Backlog: backlog.Exactly(c.Backlog), Overload: c.Overload}
 }
 
 func openNetstack(ctx context.Context, cfg Config) (*Server, error) {
