@@ -6,7 +6,6 @@ import (
 	"html"
 	"io"
 	"math"
-	"slices"
 	"time"
 )
 
@@ -67,18 +66,7 @@ func WriteSVG(w io.Writer, results []Result) error {
 	axes(bw, x1, "Connect times", "connect time (ms, log scale)", "share of connected clients",
 		logTicks(lo, hi), linearTicks(0, 1))
 	for i, r := range results {
-		ds := slices.Clone(r.ConnectTimes)
-		slices.Sort(ds)
-		var pts []point
-		for j, d := range ds {
-			x := (math.Log10(math.Max(msOf(d), lo)) - math.Log10(lo)) / (math.Log10(hi) - math.Log10(lo))
-			y := float64(j+1) / float64(len(ds))
-			if j == 0 {
-				pts = append(pts, point{x, 0})
-			}
-			pts = append(pts, point{x, pts[len(pts)-1].y}, point{x, y})
-		}
-		polyline(bw, x1, pts, palette[i%len(palette)], r.Personality+" connect times")
+		polyline(bw, x1, cdfPoints(r.ConnectTimes, lo, hi), palette[i%len(palette)], r.Personality+" connect times")
 	}
 
 	// Legend.
