@@ -39,6 +39,7 @@ this process on a user-space TCP/IP stack: no root, no ports on this host.
   --json               print the results as JSON (an array with several)
   --timeline           include the queue samples in the JSON
   --svg FILE           draw queue length over time and connect times
+  --overload           the overload experiment instead: backlog lab --overload -h
 `
 
 // labFlags holds the flags of one lab command.
@@ -61,6 +62,9 @@ type labFlags struct {
 const maxClients = 20000
 
 func runLab(ctx context.Context, e *env, args []string) error {
+	if wantsOverload(args) {
+		return runLabOverload(ctx, e, args)
+	}
 	var f labFlags
 	fs := flag.NewFlagSet("lab", flag.ContinueOnError)
 	fs.Var(&f.personalities, "personality", "")
