@@ -49,27 +49,21 @@ func overloadRow(w io.Writer, r OverloadResult) {
 	xt, yt := linearTicks(0, maxT), linearTicks(0, maxY)
 
 	x0 := marginL
-	axes(w, x0, "Answers received per second"+load, "time (ms)", "answers / s", xt, yt)
+	axes(w, x0, "Answers received per second"+load, "time (ms); rates over 500 ms", "answers / s", xt, yt)
 	capY := float64(marginT) + (1-r.CapacityPerSec/maxY)*panelH
 	fmt.Fprintf(w, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#444" stroke-dasharray="6 4"><title>capacity %.0f/s</title></line>`+"\n",
 		x0, capY, x0+panelW, capY, r.CapacityPerSec)
 	fmt.Fprintf(w, `<text x="%d" y="%.1f" text-anchor="end" fill="#444">capacity</text>`+"\n", x0+panelW-4, capY-4)
 	for i, run := range firsts {
-		var pts []point
-		for _, s := range run.Timeline {
-			pts = append(pts, point{s.MS / maxT, s.AnsweredPerSec / maxY})
-		}
-		polyline(w, x0, pts, palette[i%len(palette)], run.Policy+" answers")
+		polyline(w, x0, rates(run.Timeline, maxT, maxY, func(s OverloadSample) float64 { return s.AnsweredPerSec }),
+			palette[i%len(palette)], run.Policy+" answers")
 	}
 
 	x1 := 2*marginL + panelW
-	axes(w, x1, "Work wasted on clients gone"+load, "time (ms)", "requests served too late / s", xt, yt)
+	axes(w, x1, "Work wasted on clients gone"+load, "time (ms); rates over 500 ms", "requests served too late / s", xt, yt)
 	for i, run := range firsts {
-		var pts []point
-		for _, s := range run.Timeline {
-			pts = append(pts, point{s.MS / maxT, s.WastedPerSec / maxY})
-		}
-		polyline(w, x1, pts, palette[i%len(palette)], run.Policy+" wasted")
+		polyline(w, x1, rates(run.Timeline, maxT, maxY, func(s OverloadSample) float64 { return s.WastedPerSec }),
+			palette[i%len(palette)], run.Policy+" wasted")
 	}
 
 	// Latency of the answered, log scale from 1 ms to the give-up time.
@@ -143,6 +137,26 @@ func cdfPoints(ds []time.Duration, lo, hi float64) []point {
 			pts = append(pts, point{x, 0})
 		}
 		pts = append(pts, point{x, pts[len(pts)-1].y}, point{x, y})
+	}
+	return pts
+}
+
+// smoothing is how many timeline slices a charted rate averages: the
+// workers finish their requests in step, Service apart, so a rate over
+// 100 ms alone swings by a worker's share.
+const smoothing = 5
+
+// rates returns a timeline's rate as chart points, each the mean of the
+// slices around it.
+func rates(tl []OverloadSample, maxT, maxY float64, v func(OverloadSample) float64) []point {
+	var pts []point
+	for i := range tl {
+		lo, hi := max(0, i-smoothing/2), min(len(tl), i+smoothing/2+1)
+		sum := 0.0
+		for _, s := range tl[lo:hi] {
+			sum += v(s)
+		}
+		pts = append(pts, point{tl[i].MS / maxT, sum / float64(hi-lo) / maxY})
 	}
 	return pts
 }
