@@ -74,6 +74,11 @@ type gate struct {
 	// connection was in fact gone (gVisor had not yet processed its
 	// reset), and the SYN is decided then.
 	passed map[stack.TransportEndpointID]passedSYN
+	// resets remembers, for a second, the established connections their
+	// clients reset, and held the SYNs that followed such a reset before
+	// the stack had processed it (see holdSYNLocked).
+	resets map[stack.TransportEndpointID]tcpip.MonotonicTime
+	held   map[*heldSYN]struct{}
 	closed bool
 }
 
@@ -114,6 +119,8 @@ func newGate(s *stack.Stack, child stack.LinkEndpoint, mtu uint32) *gate {
 		conns:   map[stack.TransportEndpointID]*pending{},
 		proxied: map[stack.TransportEndpointID]*proxy{},
 		passed:  map[stack.TransportEndpointID]passedSYN{},
+		resets:  map[stack.TransportEndpointID]tcpip.MonotonicTime{},
+		held:    map[*heldSYN]struct{}{},
 	}
 	g.Endpoint.Init(child, g)
 	return g
@@ -192,6 +199,9 @@ func (g *gate) close() {
 	}
 	if g.retireTimer != nil {
 		g.retireTimer.Stop()
+	}
+	for h := range g.held {
+		h.timer.Stop()
 	}
 	g.mu.Unlock()
 }
@@ -293,7 +303,7 @@ func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 			return true // the stack drops it
 		}
 		var fx effects
-		pass := g.syn(l, &s, &fx)
+		pass := g.syn(l, &s, b, &fx)
 		g.apply(&fx)
 		return pass
 	case f.Contains(header.TCPFlagAck) && !f.Contains(header.TCPFlagSyn):

@@ -58,8 +58,8 @@ const (
 	stateDead
 )
 
-// syn decides a SYN to a listening port.
-func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
+// syn decides a SYN to a listening port; b is its packet.
+func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
@@ -74,6 +74,9 @@ func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
 		return true
 	}
 	if g.live(s) {
+		if g.holdSYNLocked(s, b) {
+			return false
+		}
 		// A SYN to a live connection never reaches the listener; one to a
 		// connection in TIME-WAIT may start a new one, which the stack
 		// hands to the listener, so it is counted. Should the stack answer
@@ -221,19 +224,101 @@ func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool
 
 func (e *pending) haveSYNACK() bool { return e.synack != nil }
 
-// peerReset handles a RST from a client: a half-open connection ends.
+// peerReset handles a RST from a client: a half-open connection ends. A
+// reset of an established connection is noted, so that a SYN for the same
+// 4-tuple right behind it waits until the stack has processed it (see
+// holdSYNLocked).
 func (g *gate) peerReset(s *seg) {
 	var fx effects
 	defer g.apply(&fx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	e := g.conns[s.id]
-	if e == nil || e.state != stateHalfOpen {
+	if e == nil {
+		g.noteResetLocked(s.id)
+		return
+	}
+	if e.state != stateHalfOpen {
 		return
 	}
 	if e.l.q.Expire(e) {
 		g.forgetLocked(e, &fx)
 	}
+}
+
+// noteResetLocked remembers that a client reset its connection on id,
+// within maxPassed entries.
+func (g *gate) noteResetLocked(id stack.TransportEndpointID) {
+	now := g.stack.Clock().NowMonotonic()
+	if len(g.resets) >= maxPassed {
+		for k, at := range g.resets {
+			if now.Sub(at) > time.Second {
+				delete(g.resets, k)
+			}
+		}
+		if len(g.resets) >= maxPassed {
+			return
+		}
+	}
+	g.resets[id] = now
+}
+
+// A SYN that follows a client's reset of the same 4-tuple within
+// microseconds can reach the gate before gVisor's processor has handled
+// the reset: the old endpoint is still established, so the stack queues
+// the SYN behind the reset on it, and once the endpoint is gone the SYN is
+// passed on from there (tcp.Endpoint tryDeliverSegmentFromClosedEndpoint)
+// and may meet a reset: under -race, about one redial in 10,000 from the
+// same port got ECONNREFUSED (TestReconnectAfterClientReset). Linux
+// processes the reset at once, and the SYN finds the listener. The gate holds such a SYN instead and hands it to itself
+// again once the old connection is gone, polling every synRetryEvery, for
+// at most synRetryFor.
+const (
+	synRetryEvery = 200 * time.Microsecond
+	synRetryFor   = 50 * time.Millisecond
+)
+
+// holdSYNLocked holds a copy of a SYN that chases a reset, and reports
+// whether it did.
+func (g *gate) holdSYNLocked(s *seg, b []byte) bool {
+	at, ok := g.resets[s.id]
+	if !ok || g.stack.Clock().NowMonotonic().Sub(at) > time.Second {
+		return false
+	}
+	delete(g.resets, s.id)
+	h := &heldSYN{proto: s.proto, s: *s, b: append([]byte(nil), b...), until: g.stack.Clock().NowMonotonic().Add(synRetryFor)}
+	h.timer = g.stack.Clock().AfterFunc(synRetryEvery, func() { g.retrySYN(h) })
+	g.held[h] = struct{}{}
+	return true
+}
+
+// heldSYN is a SYN waiting for the connection it replaces to go.
+type heldSYN struct {
+	proto tcpip.NetworkProtocolNumber
+	s     seg
+	b     []byte
+	until tcpip.MonotonicTime
+	timer tcpip.Timer
+}
+
+// retrySYN hands a held SYN to the gate again once the old connection is
+// gone, or once it has waited long enough.
+func (g *gate) retrySYN(h *heldSYN) {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return
+	}
+	if g.live(&h.s) && g.stack.Clock().NowMonotonic().Before(h.until) {
+		h.timer.Reset(synRetryEvery)
+		g.mu.Unlock()
+		return
+	}
+	delete(g.held, h)
+	g.mu.Unlock()
+	pkt := newPacket(h.b)
+	g.DeliverNetworkPacket(h.proto, pkt)
+	pkt.DecRef()
 }
 
 // killLocked ends the handshake of e in the stack, without a word to the

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/backlog-dev/backlog"
 )
 
 // timings matches the numbers that change from run to run: milliseconds and
@@ -68,8 +70,15 @@ func TestLabAllJSON(t *testing.T) {
 		if n("connected")+n("refused")+n("timed_out") != n("clients") || n("accepted") > n("connected") || n("reset") > n("connected") {
 			t.Errorf("%v: counts do not add up: %v", r["personality"], r)
 		}
-		if n("connected") < n("capacity") {
-			t.Errorf("%v: %d connected, less than the capacity %d", r["personality"], n("connected"), n("capacity"))
+		// How many connect depends, for a system that evicts half-open
+		// connections (darwin), on how fast handshakes complete against
+		// the 5 ms between clients: on a loaded machine every client can
+		// be evicted by a later one. The rules themselves are checked
+		// client by client, without timing, in internal/conformance; here
+		// the run must report the personality's own backlog and capacity.
+		p := backlog.MustLookup(r["personality"].(string))
+		if stored, capacity := p.Listen(5); n("backlog") != stored || n("capacity") != capacity {
+			t.Errorf("%v: backlog %d, capacity %d; the personality stores %d, holds %d", r["personality"], n("backlog"), n("capacity"), stored, capacity)
 		}
 		if r["transport"] != "netstack" || n("requested_backlog") != 5 {
 			t.Errorf("%v: transport %v, requested %v", r["personality"], r["transport"], r["requested_backlog"])
