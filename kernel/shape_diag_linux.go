@@ -9,15 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TCP states as inet_diag reports them (include/net/tcp_states.h); a
-// request socket (TCP_NEW_SYN_RECV) is reported as TCP_SYN_RECV
-// (net/ipv4/inet_diag.c inet_req_diag_fill).
-const (
-	tcpEstablished = 1
-	tcpSynRecv     = 3
-
-	sockDestroy = 21 // SOCK_DESTROY (include/uapi/linux/sock_diag.h)
-)
+// A request socket (TCP_NEW_SYN_RECV) is reported with the state
+// tcpSynRecv (net/ipv4/inet_diag.c inet_req_diag_fill).
+const sockDestroy = 21 // SOCK_DESTROY (include/uapi/linux/sock_diag.h)
 
 // diagExact is the answer to a lookup of one socket.
 type diagExact struct {
