@@ -1,0 +1,313 @@
+package conformance
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/netnstest"
+	"github.com/backlog-dev/backlog/kernel"
+	"github.com/backlog-dev/backlog/netstack"
+)
+
+// The SYN shaper against the reference: the same scenario, with real
+// clients of this host's kernel (Python's socket module, so the kernel's
+// TCP with its own SYN retransmission), against three listeners in
+// namespaces of their own:
+//
+//   - netstack attached to a TUN device: the exact reference;
+//   - kernel.ListenConfig{Personality, Emulation: EmulateAtSYN};
+//   - a Python listener, under kernel.Shape.
+//
+// Each must give the same outcome, client by client, in order: connected,
+// refused at the SYN, ignored (a timeout after a retransmission),
+// connected after a retransmission, or reset at the final ACK.
+
+// requireShaper skips the test unless it can run: root, ip, iptables and
+// python3.
+func requireShaper(t *testing.T) {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	for _, cmd := range []string{"iptables", "python3"} {
+		if _, err := exec.LookPath(cmd); err != nil {
+			t.Skipf("needs %s", cmd)
+		}
+	}
+}
+
+// pyProc is a Python script running in a namespace, driven line by line.
+type pyProc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+func startPy(t *testing.T, ns, script string, args ...string) *pyProc {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "python3", "-u", filepath.Join("testdata", script)}, args...)...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &pyProc{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	t.Cleanup(func() {
+		in.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return p
+}
+
+// ask writes a line and reads the answer.
+func (p *pyProc) ask(t *testing.T, line string) string {
+	t.Helper()
+	if line != "" {
+		if _, err := io.WriteString(p.in, line+"\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !p.out.Scan() {
+		t.Fatalf("python: no answer to %q: %v", line, p.out.Err())
+	}
+	return p.out.Text()
+}
+
+// synServer is one listener under test.
+type synServer struct {
+	name  string
+	ns    string
+	host  string
+	port  int
+	stats func() backlog.Stats
+	// accept makes the application accept one connection.
+	accept func(t *testing.T)
+	// settled reports whether the server has seen n handshakes complete.
+	settled func(n int) bool
+}
+
+// synStep is one step of a scenario: dial clients one at a time, accept
+// one, or dial a client, accept once its first SYN has been ignored, and
+// let its retransmission in.
+type synStep struct {
+	dials, accepts int
+	late           bool
+}
+
+type synScenario struct {
+	personality string
+	backlog     int
+	steps       []synStep
+}
+
+var synScenarios = []synScenario{
+	{"winnt4-workstation", 2, []synStep{{dials: 3}, {accepts: 1}, {dials: 2}}},
+	{"linux", 1, []synStep{{dials: 3}, {late: true}}},
+	{"bsd4.3", 1, []synStep{{dials: 3}, {late: true}}},
+	{"darwin", 2, []synStep{{dials: 3}, {late: true}}},
+	{"freebsd", 1, []synStep{{dials: 3}}},
+}
+
+// ignoredTimeout gives an ignored client one retransmission (at 1 s) and
+// no second one (at 2 s).
+const ignoredTimeout = "1.5"
+
+func (sc synScenario) run(t *testing.T, srv synServer, client *pyProc) []string {
+	t.Helper()
+	var got []string
+	completed := 0
+	target := net.JoinHostPort(srv.host, strconv.Itoa(srv.port))
+	dial := func(timeout string) string {
+		ans := client.ask(t, srv.host+" "+strconv.Itoa(srv.port)+" "+timeout)
+		o := strings.Fields(ans)[0]
+		if strings.HasPrefix(o, "connected") || o == "reset" {
+			completed++
+			// Its final ACK may still be on its way: the next client
+			// starts once the server has seen the handshake end.
+			if !waitUntil(5*time.Second, func() bool { return srv.settled(completed) }) {
+				t.Fatalf("%s: %s: the server never saw handshake %d complete (%+v)", srv.name, target, completed, srv.stats())
+			}
+		}
+		return o
+	}
+	for _, st := range sc.steps {
+		for range st.accepts {
+			srv.accept(t)
+		}
+		for range st.dials {
+			got = append(got, dial(ignoredTimeout))
+		}
+		if st.late {
+			before := srv.stats().Ignored
+			res := make(chan string, 1)
+			go func() { res <- dial("5") }()
+			if !waitUntil(3*time.Second, func() bool { return srv.stats().Ignored > before }) {
+				t.Fatalf("%s: the late client's SYN was never ignored", srv.name)
+			}
+			srv.accept(t)
+			got = append(got, <-res)
+		}
+	}
+	return got
+}
+
+func waitUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return true
+}
+
+// tunServer is the reference: netstack on a TUN device in ns, at
+// 198.18.0.2, with the kernel's side at 198.18.0.1.
+func tunServer(t *testing.T, ns string, p backlog.Personality, n int) synServer {
+	var (
+		h   *netstack.Host
+		l   *netstack.Listener
+		err error
+	)
+	netnstest.In(t, ns, func() {
+		h, err = netstack.AttachTUN(netstack.TUNConfig{
+			Name: "tun0", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.2")},
+			KernelPrefix: netip.MustParsePrefix("198.18.0.1/15"),
+		})
+	})
+	if err != nil {
+		t.Fatalf("AttachTUN: %v", err)
+	}
+	tunAttachments.Add(1)
+	t.Cleanup(func() { h.Close() })
+	l, err = h.Listen(context.Background(), "tcp", "198.18.0.2:80", &netstack.ListenConfig{Personality: p, Backlog: backlog.Exactly(n)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return synServer{
+		name: "netstack over TUN", ns: ns, host: "198.18.0.2", port: 80,
+		stats:   l.Stats,
+		accept:  func(t *testing.T) { acceptOne(t, l) },
+		settled: func(n int) bool { s := l.Stats(); return int(s.Queued+s.Reset) >= n },
+	}
+}
+
+func acceptOne(t *testing.T, l interface {
+	Accept() (net.Conn, error)
+	SetDeadline(time.Time) error
+}) {
+	t.Helper()
+	l.SetDeadline(time.Now().Add(2 * time.Second))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	l.SetDeadline(time.Time{})
+	t.Cleanup(func() { c.Close() })
+}
+
+// kernelServer is kernel.ListenConfig with the personality, at the SYN,
+// on loopback in ns.
+func kernelSYNServer(t *testing.T, ns string, p backlog.Personality, n int) synServer {
+	var (
+		l   *kernel.Listener
+		err error
+	)
+	netnstest.In(t, ns, func() {
+		lc := kernel.ListenConfig{Personality: p, Backlog: backlog.Exactly(n), Emulation: kernel.EmulateAtSYN}
+		l, err = lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	})
+	if err != nil {
+		t.Fatalf("kernel listener at the SYN: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if m, why := l.Emulation(); m != kernel.EmulateAtSYN {
+		t.Fatalf("Emulation() = %v (%s); want syn", m, why)
+	}
+	return synServer{
+		name: "kernel at the SYN", ns: ns, host: "127.0.0.1", port: l.Addr().(*net.TCPAddr).Port,
+		stats:   l.Stats,
+		accept:  func(t *testing.T) { acceptOne(t, l) },
+		settled: func(n int) bool { s := l.Stats(); return int(s.Queued+s.Reset) >= n },
+	}
+}
+
+// pythonServer is a Python listener in ns, under kernel.Shape.
+func pythonServer(t *testing.T, ns string, p backlog.Personality, n int) synServer {
+	py := startPy(t, ns, "server.py", "64")
+	port, err := strconv.Atoi(py.ask(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sh *kernel.Shaper
+	netnstest.In(t, ns, func() {
+		sh, err = kernel.Shape(context.Background(), kernel.ShapeConfig{
+			Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), Personality: p, Backlog: backlog.Exactly(n),
+		})
+	})
+	if err != nil {
+		t.Fatalf("Shape: %v", err)
+	}
+	t.Cleanup(func() { sh.Close() })
+	accepted := 0
+	return synServer{
+		name: "python under Shape", ns: ns, host: "127.0.0.1", port: port,
+		stats: func() backlog.Stats { return sh.Stats().Stats },
+		accept: func(t *testing.T) {
+			py.ask(t, "accept")
+			accepted++
+		},
+		settled: func(n int) bool {
+			var socks []kernel.Socket
+			netnstest.In(t, ns, func() { socks, err = kernel.Sockets() })
+			for _, s := range socks {
+				if int(s.Addr.Port()) == port {
+					return s.Len+accepted >= n
+				}
+			}
+			return false
+		},
+	}
+}
+
+func TestShaperMatchesTUN(t *testing.T) {
+	requireShaper(t)
+	for _, sc := range synScenarios {
+		t.Run(sc.personality, func(t *testing.T) {
+			p := backlog.MustLookup(sc.personality)
+			var want []string
+			for i, open := range []func(*testing.T, string, backlog.Personality, int) synServer{tunServer, kernelSYNServer, pythonServer} {
+				ns := netnstest.New(t)
+				srv := open(t, ns, p, sc.backlog)
+				client := startPy(t, ns, "client.py")
+				got := sc.run(t, srv, client)
+				t.Logf("%s: %v", srv.name, got)
+				if i == 0 {
+					want = got
+					continue
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: %v; netstack over TUN: %v", srv.name, got, want)
+				}
+			}
+		})
+	}
+}
