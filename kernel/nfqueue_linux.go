@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,15 +54,18 @@ const queueCopy = 128
 // beyond it, with FAIL_OPEN, they pass undecided rather than being dropped.
 const queueMaxLen = 4096
 
-// nfqueue is one bound netfilter queue: the socket, read through Go's
-// poller so that Close ends a pending read.
+// nfqueue is one bound netfilter queue. Its reader waits in poll(2) on the
+// socket and an eventfd, on a thread of its own, rather than in Go's
+// network poller: a SYN waits for its verdict while the reader wakes, and a
+// thread blocked in poll wakes sooner than a goroutine parked on the
+// poller. Writing the eventfd (close) ends the wait.
 type nfqueue struct {
-	f   *os.File
-	rc  syscall.RawConn
-	num uint16
-	seq uint32
-	buf []byte
-	out []byte
+	fd, stopFD int
+	closed     bool
+	num        uint16
+	seq        uint32
+	buf        []byte
+	out        []byte
 }
 
 // openQueue binds the first free queue number from first on, counting up
@@ -85,12 +87,12 @@ func openQueue(first uint16, tries int) (*nfqueue, error) {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
 	}
 	unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1)
-	q := &nfqueue{buf: make([]byte, 64<<10)}
-	q.f = os.NewFile(uintptr(fd), "nfqueue")
-	if q.rc, err = q.f.SyscallConn(); err != nil {
-		q.f.Close()
-		return nil, err
+	stop, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("eventfd", err)
 	}
+	q := &nfqueue{fd: fd, stopFD: stop, buf: make([]byte, 64<<10)}
 	for i := 0; i < tries; i++ {
 		q.num = first + uint16(i)
 		err = q.config(cfgCmd(nfqnlCfgCmdBind))
@@ -100,7 +102,7 @@ func openQueue(first uint16, tries int) (*nfqueue, error) {
 		break
 	}
 	if err != nil {
-		q.f.Close()
+		q.release()
 		return nil, fmt.Errorf("binding a netfilter queue: %w", err)
 	}
 	var params [5]byte
@@ -116,7 +118,8 @@ func openQueue(first uint16, tries int) (*nfqueue, error) {
 		nlattr{nfqaCfgFlags, flags[:]},
 	)
 	if err != nil {
-		q.close()
+		q.unbind()
+		q.release()
 		return nil, fmt.Errorf("configuring netfilter queue %d: %w", q.num, err)
 	}
 	return q, nil
@@ -183,35 +186,39 @@ func (q *nfqueue) config(attrs ...nlattr) error {
 	}
 }
 
+// write sends one message to the kernel. A netlink message to the kernel
+// is processed within sendto, so the socket never fills.
 func (q *nfqueue) write(b []byte) error {
-	var werr error
-	err := q.rc.Write(func(fd uintptr) bool {
-		werr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-		return werr != unix.EAGAIN
-	})
-	if err != nil {
-		return err
+	for {
+		err := unix.Sendto(q.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		if err == unix.EINTR {
+			continue
+		}
+		return os.NewSyscallError("sendto", err)
 	}
-	return os.NewSyscallError("sendto", werr)
 }
 
-// read waits for the next datagram, in q.buf.
+// errQueueClosed is what read returns once close was called.
+var errQueueClosed = errors.New("netfilter queue closed")
+
+// read waits for the next datagram, in q.buf, or for close.
 func (q *nfqueue) read() (int, error) {
-	var (
-		n    int
-		rerr error
-	)
-	err := q.rc.Read(func(fd uintptr) bool {
-		n, _, rerr = unix.Recvfrom(int(fd), q.buf, 0)
-		return rerr != unix.EAGAIN && rerr != unix.EINTR
-	})
-	if err != nil {
-		return 0, err
+	fds := []unix.PollFd{{Fd: int32(q.fd), Events: unix.POLLIN}, {Fd: int32(q.stopFD), Events: unix.POLLIN}}
+	for {
+		n, _, err := unix.Recvfrom(q.fd, q.buf, 0)
+		if err == nil {
+			return n, nil
+		}
+		if err != unix.EAGAIN && err != unix.EINTR {
+			return 0, os.NewSyscallError("recvfrom", err)
+		}
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			return 0, os.NewSyscallError("poll", err)
+		}
+		if fds[1].Revents != 0 {
+			return 0, errQueueClosed
+		}
 	}
-	if rerr != nil {
-		return 0, os.NewSyscallError("recvfrom", rerr)
-	}
-	return n, nil
 }
 
 // verdict tells the kernel what to do with packet id; mark, unless it is
@@ -229,14 +236,25 @@ func (q *nfqueue) verdict(id uint32, v uint32, mark uint32, setMark bool) error 
 	return q.write(q.message(nfqnlMsgVerdict, 0, attrs...))
 }
 
-// close unbinds the queue, so that the kernel drops what still waits for
+// unbind unbinds the queue, so that the kernel drops what still waits for
 // a verdict (nfqnl_flush) and, with --queue-bypass, lets later packets
-// pass, and closes the socket. Closing alone does as much
-// (nfqnl_rcv_nl_event destroys the instances of a released socket), which
-// is what makes a SIGKILL safe.
-func (q *nfqueue) close() error {
-	q.write(q.message(nfqnlMsgConfig, 0, cfgCmd(nfqnlCfgCmdUnbind)))
-	return q.f.Close()
+// pass. Closing the socket does as much (nfqnl_rcv_nl_event destroys the
+// instances of a released socket), which is what makes a SIGKILL safe.
+func (q *nfqueue) unbind() error {
+	return q.write(q.message(nfqnlMsgConfig, 0, cfgCmd(nfqnlCfgCmdUnbind)))
+}
+
+// stop ends a read under way, and every later one.
+func (q *nfqueue) stop() {
+	var one [8]byte
+	native.PutUint64(one[:], 1)
+	unix.Write(q.stopFD, one[:])
+}
+
+// release closes the descriptors, once no read is under way.
+func (q *nfqueue) release() {
+	unix.Close(q.fd)
+	unix.Close(q.stopFD)
 }
 
 // walkNetlink calls f with the type, sequence number and payload of each

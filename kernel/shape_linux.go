@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -72,7 +73,8 @@ func startShaper(families []netip.Addr, port uint16, decide func(tcpSegment) syn
 	}
 	rules, err := installRules(ns, families, port, q.num)
 	if err != nil {
-		q.close()
+		q.unbind()
+		q.release()
 		ns.close()
 		return nil, err
 	}
@@ -100,6 +102,10 @@ var errNoCapability = errors.New("no CAP_NET_ADMIN")
 
 func (s *synShaper) run() {
 	defer close(s.done)
+	// The reader blocks in poll(2): a thread of its own, given back when
+	// the goroutine ends.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	for {
 		n, err := s.q.read()
 		if err != nil {
@@ -144,10 +150,12 @@ func (s *synShaper) close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		err = s.rules.remove()
-		if e := s.q.close(); err == nil {
+		if e := s.q.unbind(); err == nil {
 			err = e
 		}
+		s.q.stop()
 		<-s.done
+		s.q.release()
 		s.ns.close()
 	})
 	return err
