@@ -58,7 +58,8 @@ const queueMaxLen = 4096
 // socket and an eventfd, on a thread of its own, rather than in Go's
 // network poller: a SYN waits for its verdict while the reader wakes, and a
 // thread blocked in poll wakes sooner than a goroutine parked on the
-// poller. Writing the eventfd (close) ends the wait.
+// poller. Writing the eventfd (stop) ends the wait. Its methods other than
+// stop are for one goroutine at a time: they share the message buffer.
 type nfqueue struct {
 	fd, stopFD int
 	closed     bool

@@ -197,10 +197,11 @@ func removeStaleRules(ns *netns) (int, error) {
 				if !ok {
 					continue
 				}
-				if err := ns.run(cmd, append([]string{"-w", "-t", table}, args...)...); err != nil {
-					return removed, err
+				// Another shaper starting at the same time may have
+				// removed it first.
+				if ns.run(cmd, append([]string{"-w", "-t", table}, args...)...) == nil {
+					removed++
 				}
-				removed++
 			}
 		}
 	}

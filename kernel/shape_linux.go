@@ -150,11 +150,13 @@ func (s *synShaper) close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		err = s.rules.remove()
+		// The reader stops before the queue is unbound: both write
+		// messages on the socket.
+		s.q.stop()
+		<-s.done
 		if e := s.q.unbind(); err == nil {
 			err = e
 		}
-		s.q.stop()
-		<-s.done
 		s.q.release()
 		s.ns.close()
 	})
