@@ -3,6 +3,7 @@ package conformance
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,15 +80,24 @@ func startPy(t *testing.T, ns, script string, args ...string) *pyProc {
 // ask writes a line and reads the answer.
 func (p *pyProc) ask(t *testing.T, line string) string {
 	t.Helper()
+	ans, err := p.try(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ans
+}
+
+// try is ask for a goroutine other than the test's.
+func (p *pyProc) try(line string) (string, error) {
 	if line != "" {
 		if _, err := io.WriteString(p.in, line+"\n"); err != nil {
-			t.Fatal(err)
+			return "", err
 		}
 	}
 	if !p.out.Scan() {
-		t.Fatalf("python: no answer to %q: %v", line, p.out.Err())
+		return "", fmt.Errorf("python: no answer to %q: %v", line, p.out.Err())
 	}
-	return p.out.Text()
+	return p.out.Text(), nil
 }
 
 // synServer is one listener under test.
@@ -133,9 +144,10 @@ func (sc synScenario) run(t *testing.T, srv synServer, client *pyProc) []string 
 	var got []string
 	completed := 0
 	target := net.JoinHostPort(srv.host, strconv.Itoa(srv.port))
-	dial := func(timeout string) string {
-		ans := client.ask(t, srv.host+" "+strconv.Itoa(srv.port)+" "+timeout)
-		o := strings.Fields(ans)[0]
+	line := func(timeout string) string { return srv.host + " " + strconv.Itoa(srv.port) + " " + timeout }
+	// settle waits, after a client that completed its handshake, for the
+	// server to see it.
+	settle := func(o string) string {
 		if strings.HasPrefix(o, "connected") || o == "reset" {
 			completed++
 			// Its final ACK may still be on its way: the next client
@@ -151,17 +163,29 @@ func (sc synScenario) run(t *testing.T, srv synServer, client *pyProc) []string 
 			srv.accept(t)
 		}
 		for range st.dials {
-			got = append(got, dial(ignoredTimeout))
+			got = append(got, settle(strings.Fields(client.ask(t, line(ignoredTimeout)))[0]))
 		}
 		if st.late {
 			before := srv.stats().Ignored
-			res := make(chan string, 1)
-			go func() { res <- dial("5") }()
+			type answer struct {
+				s   string
+				err error
+			}
+			res := make(chan answer, 1)
+			go func() {
+				s, err := client.try(line("5"))
+				res <- answer{s, err}
+			}()
 			if !waitUntil(3*time.Second, func() bool { return srv.stats().Ignored > before }) {
+				<-res
 				t.Fatalf("%s: the late client's SYN was never ignored", srv.name)
 			}
 			srv.accept(t)
-			got = append(got, <-res)
+			a := <-res
+			if a.err != nil {
+				t.Fatal(a.err)
+			}
+			got = append(got, settle(strings.Fields(a.s)[0]))
 		}
 	}
 	return got
@@ -202,6 +226,23 @@ func tunServer(t *testing.T, ns string, p backlog.Personality, n int) synServer 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	// The device and its route up, the host reading it: a probe on
+	// another port gets through before the scenario starts.
+	probe, err := h.Listen(context.Background(), "tcp", "198.18.0.2:9", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	if !waitUntil(10*time.Second, func() bool {
+		var c net.Conn
+		netnstest.In(t, ns, func() { c, err = net.DialTimeout("tcp", "198.18.0.2:9", 500*time.Millisecond) })
+		if c != nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatalf("netstack over TUN never answered a probe: %v", err)
+	}
 	return synServer{
 		name: "netstack over TUN", ns: ns, host: "198.18.0.2", port: 80,
 		stats:   l.Stats,
@@ -267,20 +308,20 @@ func pythonServer(t *testing.T, ns string, p backlog.Personality, n int) synServ
 		t.Fatalf("Shape: %v", err)
 	}
 	t.Cleanup(func() { sh.Close() })
-	accepted := 0
+	var accepted atomic.Int32
 	return synServer{
 		name: "python under Shape", ns: ns, host: "127.0.0.1", port: port,
 		stats: func() backlog.Stats { return sh.Stats().Stats },
 		accept: func(t *testing.T) {
 			py.ask(t, "accept")
-			accepted++
+			accepted.Add(1)
 		},
 		settled: func(n int) bool {
 			var socks []kernel.Socket
 			netnstest.In(t, ns, func() { socks, err = kernel.Sockets() })
 			for _, s := range socks {
 				if int(s.Addr.Port()) == port {
-					return s.Len+accepted >= n
+					return s.Len+int(accepted.Load()) >= n
 				}
 			}
 			return false
