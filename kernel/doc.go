@@ -82,8 +82,11 @@
 //
 // # Personality emulation
 //
-// With ListenConfig.Personality set, the listener wraps the plain one, as
-// golang.org/x/net/netutil's LimitListener wraps a listener: a goroutine
+// With ListenConfig.Personality set and the emulation after accept()
+// (ListenConfig.Emulation EmulateAfterAccept, or EmulateAuto where the
+// shaper described under "At the SYN" cannot run), the listener wraps the
+// plain one, as golang.org/x/net/netutil's LimitListener wraps a listener:
+// a goroutine
 // accepts every connection from the kernel as soon as it arrives and offers
 // it to a backlog.Queue governed by that personality, and Accept takes from
 // that queue. The kernel's own queue is set to its maximum and kept empty.
