@@ -25,7 +25,7 @@ func TestFill(t *testing.T) {
 
 	// An emulated Windows NT 4.0 Workstation resets what it refuses.
 	nt4 := backlog.MustLookup("winnt4-workstation")
-	e, err := (&kernel.ListenConfig{Backlog: 2, Personality: nt4}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	e, err := (&kernel.ListenConfig{Backlog: 2, Personality: nt4, Emulation: kernel.EmulateAfterAccept}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func TestLabKernel(t *testing.T) {
 	if r.Connected != 3 || r.TimedOut != 3 || r.InQueue != 3 || r.Capacity != 3 {
 		t.Errorf("host kernel, listen(2): connected %d, timed out %d, in queue %d, capacity %d; want 3, 3, 3, 3", r.Connected, r.TimedOut, r.InQueue, r.Capacity)
 	}
-	r = runLab(t, Config{Personality: backlog.MustLookup("winnt4-workstation"), Transport: transport.Kernel, Backlog: 5, Clients: 8, Arrival: 10 * time.Millisecond, Accept: AcceptPolicy{Never: true}, Timeout: 300 * time.Millisecond})
+	r = runLab(t, Config{Personality: backlog.MustLookup("winnt4-workstation"), Transport: transport.Kernel, Emulation: kernel.EmulateAfterAccept, Backlog: 5, Clients: 8, Arrival: 10 * time.Millisecond, Accept: AcceptPolicy{Never: true}, Timeout: 300 * time.Millisecond})
 	// The RST may reach a client before its connect() returns, which then
 	// fails with ECONNRESET: counted as refused, not as a reset.
 	if r.Reset+r.Refused != 3 || r.Refused != r.Errors["ECONNRESET"] || r.Waiting != 5 || r.TimedOut != 0 {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/transport"
+	"github.com/backlog-dev/backlog/kernel"
 )
 
 // Config describes one run.
@@ -26,6 +27,9 @@ type Config struct {
 	// default, in process) or transport.Kernel (this host's kernel, on
 	// loopback).
 	Transport string
+	// Emulation, on the kernel transport, says how an emulated
+	// personality is followed (kernel.ListenConfig.Emulation).
+	Emulation kernel.Emulation
 	// Backlog is the backlog requested with listen().
 	Backlog int
 	// Clients is how many clients connect. Zero means three times the
@@ -199,7 +203,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Transport == "" {
 		cfg.Transport = transport.Netstack
 	}
-	srv, err := transport.Open(ctx, transport.Config{Transport: cfg.Transport, Personality: cfg.Personality, Backlog: cfg.Backlog})
+	srv, err := transport.Open(ctx, transport.Config{Transport: cfg.Transport, Personality: cfg.Personality, Backlog: cfg.Backlog, Emulation: cfg.Emulation})
 	if err != nil {
 		return Result{}, err
 	}

@@ -34,6 +34,7 @@ func commands() []command {
 		{"top", "every listening TCP socket of this host, live", topUsage, runTop},
 		{"exporter", "Prometheus metrics for every listen queue of this host", exporterUsage, runExporter},
 		{"serve", "a real server with the backlog you choose, its queue shown", serveUsage, runServe},
+		{"shape", "put a listener of this host under another system's rules at the SYN", shapeUsage, runShape},
 		{"fill", "open many connections to an address and see what each meets", fillUsage, runFill},
 		{"explain", "what listen(BACKLOG) becomes on each system", explainUsage, runExplain},
 		{"personalities", "every system's listen() rules", personalitiesUsage, runPersonalities},

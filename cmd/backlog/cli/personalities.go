@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/kernel"
 )
 
 const personalitiesUsage = `Usage: backlog personalities [--json] [NAME...]
@@ -18,7 +19,8 @@ const personalitiesUsage = `Usage: backlog personalities [--json] [NAME...]
 Lists every system's listen() rules: how a requested backlog is stored, how
 many connections can wait, what a connection meets when the queue is full,
 and what listen() again does. With NAMEs, shows those systems in full,
-with their sources and parameters.
+with their sources and parameters, and where following them at the SYN on
+the Linux kernel (backlog shape) differs from the real system.
 
   --json   print a JSON array, one object per personality
 `
@@ -82,6 +84,7 @@ type personalityJSON struct {
 	Parameters     []string     `json:"parameters"`
 	Sources        []string     `json:"sources"`
 	Notes          string       `json:"notes,omitempty"`
+	AtSYNOnLinux   []string     `json:"at_syn_on_linux"`
 }
 
 func describe(p backlog.Personality) personalityJSON {
@@ -101,6 +104,7 @@ func describe(p backlog.Personality) personalityJSON {
 		Relisten: p.Relisten.String(), KB295079Defect: p.DeferredSlotReturn, SlotsNeedFDs: p.SlotsNeedDescriptors,
 		ClientSYN: scheduleOf(p.ClientSYN), SYNACK: scheduleOf(p.SYNACK),
 		Parameters: params, Sources: p.Sources, Notes: p.Notes,
+		AtSYNOnLinux: kernel.ShapeDifferences(p),
 	}
 }
 
@@ -168,6 +172,9 @@ func printDetail(e *env, p backlog.Personality) {
 	}
 	row("client SYN", p.ClientSYN.String())
 	row("SYN-ACK", p.SYNACK.String())
+	for _, diff := range d.AtSYNOnLinux {
+		row("at the SYN on Linux", diff)
+	}
 	for _, param := range d.Parameters {
 		row("parameter", param)
 	}

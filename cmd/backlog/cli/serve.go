@@ -188,7 +188,7 @@ func (s *server) listen(ctx context.Context) error {
 			return err
 		}
 		if srv.Emulated {
-			s.note = "emulated in front of the kernel's queue"
+			s.note = emulationNote(srv)
 		}
 		if i == 0 {
 			// The other shards take the address the first one got.
@@ -479,4 +479,19 @@ func (s *server) close() {
 	for _, srv := range s.srvs {
 		srv.Close()
 	}
+}
+
+// emulationNote says how an emulated personality is followed on the
+// kernel: at the SYN, or after accept() and why.
+func emulationNote(srv *transport.Server) string {
+	note := "emulated in front of the kernel's queue"
+	if kl, ok := srv.Listener.(*kernel.Listener); ok {
+		switch mode, why := kl.Emulation(); {
+		case mode == kernel.EmulateAtSYN:
+			note = "followed at the SYN: every SYN is decided before the kernel answers it"
+		case why != "":
+			note += ", after accept(), not at the SYN: " + why
+		}
+	}
+	return note
 }
