@@ -77,9 +77,10 @@ type gate struct {
 	// resets remembers, for a second, the established connections their
 	// clients reset, and held the SYNs that followed such a reset before
 	// the stack had processed it (see holdSYNLocked).
-	resets map[stack.TransportEndpointID]tcpip.MonotonicTime
-	held   map[*heldSYN]struct{}
-	closed bool
+	resets     map[stack.TransportEndpointID]tcpip.MonotonicTime
+	resetOrder fifo[noted]
+	held       map[*heldSYN]struct{}
+	closed     bool
 }
 
 // effects are what a decision made under gate.mu asks to be done once the

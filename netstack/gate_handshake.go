@@ -246,21 +246,25 @@ func (g *gate) peerReset(s *seg) {
 	}
 }
 
-// noteResetLocked remembers that a client reset its connection on id,
-// within maxPassed entries.
+// noteResetLocked remembers that a client reset its connection on id: the
+// last maxPassed of them, for a second, the oldest forgotten first, at a
+// constant cost.
 func (g *gate) noteResetLocked(id stack.TransportEndpointID) {
 	now := g.stack.Clock().NowMonotonic()
-	if len(g.resets) >= maxPassed {
-		for k, at := range g.resets {
-			if now.Sub(at) > time.Second {
-				delete(g.resets, k)
-			}
-		}
-		if len(g.resets) >= maxPassed {
-			return
+	if g.resetOrder.len() >= maxPassed {
+		old, _ := g.resetOrder.pop()
+		if at, ok := g.resets[old.id]; ok && at == old.at {
+			delete(g.resets, old.id)
 		}
 	}
 	g.resets[id] = now
+	g.resetOrder.push(noted{id, now})
+}
+
+// noted is a 4-tuple and when the gate noted it.
+type noted struct {
+	id stack.TransportEndpointID
+	at tcpip.MonotonicTime
 }
 
 // A SYN that follows a client's reset of the same 4-tuple within
