@@ -37,12 +37,12 @@ type pending struct {
 	state      pendingState
 	synack     []byte // the first SYN-ACK, sent again on schedule
 	serverISN  uint32
-	retx       int // SYN-ACK retransmissions sent
-	allowRetx  int // SYN-ACKs the stack may send in answer to repeated SYNs
-	timer      tcpip.Timer
-	ep         tcpip.Endpoint // the established endpoint, once delivered
+	retx       int                 // SYN-ACK retransmissions sent
+	allowRetx  int                 // SYN-ACKs the stack may send in answer to repeated SYNs
+	due        tcpip.MonotonicTime // when the schedule next needs it
+	slot       int                 // its place in gate.sched, plus one; 0 if none
+	ep         tcpip.Endpoint      // the established endpoint, once delivered
 	wq         *waiter.Queue
-	delivered  chan struct{} // closed on delivery or death
 	cookieBorn bool
 	// answered is set once the SYN has had its answer: the stack's
 	// SYN-ACK left, or the connection died first (see answer).
@@ -96,8 +96,7 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, isn uint32, syn header.TCPSynOptions, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
 	e := &pending{
 		l: l, id: id, proto: proto, isn: isn, start: start,
-		state:     stateHalfOpen,
-		delivered: make(chan struct{}),
+		state: stateHalfOpen,
 	}
 	o, victim, evicted := l.q.SYN(e)
 	if evicted {
@@ -105,7 +104,7 @@ func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id st
 	}
 	switch o {
 	case backlog.HalfOpen:
-		g.conns[id] = e
+		g.holdLocked(e)
 		g.armLocked(e)
 		l.answers.push(answer{e: e})
 		return e, o
@@ -208,7 +207,8 @@ func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool
 	switch l.q.Established(e) {
 	case backlog.Queued:
 		e.state = stateCompleting
-		e.stopTimer() // the schedule is over; the timer would keep e alive
+		g.unscheduleLocked(e) // the schedule is over
+		e.synack = nil
 		return true
 	case backlog.HalfOpen:
 		// The accept queue is full: the ACK is dropped, the SYN-ACK
@@ -357,16 +357,44 @@ func resetTo(e *pending) tcpSpec {
 // forgetLocked drops everything the gate holds for e; replies that waited
 // behind its SYN's answer go out through fx.
 func (g *gate) forgetLocked(e *pending, fx *effects) {
-	e.stopTimer()
+	g.unscheduleLocked(e)
 	g.answeredLocked(e, fx)
-	if g.conns[e.id] == e {
-		delete(g.conns, e.id)
-	}
+	g.unholdLocked(e)
 	if e.state != stateDelivered {
-		e.state = stateDead
-		close(e.delivered)
+		g.endLocked(e)
 	}
 }
+
+// endLocked marks e dead, for an Accept that waits for it in take.
+func (g *gate) endLocked(e *pending) {
+	e.state = stateDead
+	e.l.handover.Broadcast()
+}
+
+// holdLocked records e among the connections the gate holds, and
+// unholdLocked forgets it if it is still there; the listener counts them,
+// for the packet path's look at a port (quiet).
+func (g *gate) holdLocked(e *pending) {
+	g.conns[e.id] = e
+	g.connsPeak = max(g.connsPeak, len(g.conns))
+	e.l.held.Add(1)
+}
+
+func (g *gate) unholdLocked(e *pending) {
+	if g.conns[e.id] != e {
+		return
+	}
+	delete(g.conns, e.id)
+	e.l.held.Add(-1)
+	if len(g.conns) == 0 && g.connsPeak > shrinkAbove {
+		// A map keeps the room it grew to: after a burst, start afresh.
+		g.conns, g.connsPeak = map[stack.TransportEndpointID]*pending{}, 0
+	}
+}
+
+// shrinkAbove is how many entries a map of the gate's may have held before
+// the gate replaces it, once empty, by a small one.
+const shrinkAbove = 1024
 
 // deliver hands over an endpoint gVisor established for a listener: the
 // connection the gate passed, or one it must now reset.
@@ -375,7 +403,7 @@ func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) {
 	g.mu.Lock()
 	e := g.conns[id]
 	if e != nil && e.l == l {
-		delete(g.conns, id)
+		g.unholdLocked(e)
 	}
 	if e == nil || e.l != l || e.state != stateCompleting {
 		g.mu.Unlock()
@@ -387,7 +415,7 @@ func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) {
 	}
 	e.ep, e.wq = ep, wq
 	e.state = stateDelivered
-	close(e.delivered)
+	l.handover.Broadcast()
 	g.mu.Unlock()
 }
 
@@ -403,8 +431,7 @@ func (g *gate) resetPending(e *pending, tellHalfOpen bool) {
 		g.killLocked(e, tellHalfOpen, &fx)
 	case stateCompleting:
 		// gVisor has not handed it over: deliver aborts it when it does.
-		e.state = stateDead
-		close(e.delivered)
+		g.endLocked(e)
 	case stateDelivered:
 		fx.abort = append(fx.abort, e.ep)
 	}
@@ -420,13 +447,12 @@ func (g *gate) dropListener(l *Listener) {
 	for l.answers.len() > 0 {
 		l.answers.pop()
 	}
-	for id, e := range g.conns {
+	for _, e := range g.conns {
 		if e.l == l {
-			e.stopTimer()
-			delete(g.conns, id)
+			g.unscheduleLocked(e)
+			g.unholdLocked(e)
 			if e.state != stateDelivered && e.state != stateDead {
-				e.state = stateDead
-				close(e.delivered)
+				g.endLocked(e)
 			}
 		}
 	}
