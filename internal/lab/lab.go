@@ -145,10 +145,11 @@ type Result struct {
 	Backlog          int    `json:"backlog"`
 	Capacity         int    `json:"capacity"`
 	Accept           string `json:"accept"`
-	// Emulated is set on the kernel transport when a queue with the
-	// personality's rules sits in front of the kernel's (package kernel
-	// says what that reproduces).
-	Emulated bool `json:"emulated"`
+	// Emulated is set on the kernel transport when the personality is
+	// emulated rather than the kernel's own, and Emulation says how
+	// (package kernel says what each way reproduces).
+	Emulated  bool          `json:"emulated"`
+	Emulation EmulationMode `json:"emulation"`
 	// Interrupted is set when the run was stopped from outside before it
 	// ended: what it holds is what had happened by then.
 	Interrupted bool `json:"interrupted"`
@@ -177,6 +178,14 @@ type Result struct {
 	ConnectTimes []time.Duration `json:"-"`
 	// Config is what the run was asked to do.
 	Config Config `json:"-"`
+}
+
+// EmulationMode is how the kernel transport follows an emulated
+// personality: at the SYN, each SYN decided before the kernel answers it,
+// or after accept(), for the reason in Why.
+type EmulationMode struct {
+	AtSYN bool   `json:"at_syn"`
+	Why   string `json:"why,omitempty"`
 }
 
 // Percentiles of a set of durations, in milliseconds. With Count 0 there
@@ -257,6 +266,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	r := &run{cfg: cfg, l: srv.Listener, start: time.Now(), crowd: newCrowd(cfg.Clients, cfg.Arrival, cfg.Timeout, srv.Dial)}
 	res := r.execute(ctx)
 	res.Emulated = srv.Emulated
+	if kl, ok := srv.Listener.(*kernel.Listener); ok && srv.Emulated {
+		mode, why := kl.Emulation()
+		res.Emulation = EmulationMode{AtSYN: mode == kernel.EmulateAtSYN, Why: why}
+	}
 	res.Interrupted = ctx.Err() != nil
 	res.Config = cfg
 	return res, nil

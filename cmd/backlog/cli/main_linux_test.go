@@ -11,5 +11,6 @@ import (
 // to, and otherwise the tests.
 func TestMain(m *testing.M) {
 	netnstest.ListenersHelper()
+	privilegesDroppable = false
 	os.Exit(m.Run())
 }
