@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"html"
 	"io"
@@ -42,7 +43,8 @@ const (
 
 // Geometry, in SVG units.
 const (
-	panelW  = 330 // plot width
+	panelW  = 330 // plot width, of each of several panels
+	minW    = 800 // the chart's least width
 	queueH  = 96  // the queue part
 	gapH    = 8   // between the two parts
 	clientH = 64  // the clients part
@@ -50,7 +52,6 @@ const (
 	padR    = 16
 	padT    = 34 // room above a plot for the panel's title
 	padB    = 34 // room below for the time labels
-	headH   = 78 // the chart's title and legend
 )
 
 // WriteSVG draws the results as small multiples, titled with title (what
@@ -60,30 +61,59 @@ func WriteSVG(w io.Writer, results []Result, title string) error {
 	bw := bufio.NewWriter(w)
 	cols := min(3, max(len(results), 1))
 	rows := (len(results) + cols - 1) / cols
-	cellW := padL + panelW + padR
+	pw := panelW
+	if cols*(padL+panelW+padR) < minW {
+		pw = minW/cols - padL - padR
+	}
+	cellW := padL + pw + padR
 	cellH := padT + queueH + gapH + clientH + padB
 	width := cols * cellW
+	var head bytes.Buffer
+	headH := legend(&head, 12, 44, width-24) + 16
 	height := headH + rows*cellH + 10
 	fmt.Fprintf(bw, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="DejaVu Sans, Arial, sans-serif" font-size="11">`+"\n", width, height, width, height)
 	fmt.Fprintf(bw, `<rect width="%d" height="%d" fill="white"/>`+"\n", width, height)
-	fmt.Fprintf(bw, `<text x="12" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", esc("backlog lab: "+title))
-	legend(bw, 12, 44, width-24)
+	for i, line := range titleLines(title, width) {
+		fmt.Fprintf(bw, `<text x="12" y="%d" font-size="14" font-weight="bold">%s</text>`+"\n", 22+i*17, esc(line))
+	}
+	bw.Write(head.Bytes())
 
 	tEnd := timeEnd(results)
 	qMax := queueMax(results)
 	for i, r := range results {
 		x := (i%cols)*cellW + padL
 		y := headH + (i/cols)*cellH + padT
-		panel(bw, x, y, r, tEnd, qMax)
+		panel(bw, x, y, pw, r, tEnd, qMax)
 	}
 	fmt.Fprintln(bw, "</svg>")
 	return bw.Flush()
 }
 
+// titleLines breaks the title so that each line fits the chart's width,
+// at about 8 units a character; the legend leaves room for two lines.
+func titleLines(title string, width int) []string {
+	perLine := max((width-24)/8, 20)
+	words := strings.Fields("backlog lab: " + title)
+	var lines []string
+	line := ""
+	for _, w := range words {
+		if line != "" && len(line)+1+len(w) > perLine && len(lines) == 0 {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += w
+	}
+	return append(lines, line)
+}
+
 func esc(s string) string { return html.EscapeString(s) }
 
-// legend writes the key of the lines and bands, wrapping at width.
-func legend(w io.Writer, x, y, width int) {
+// legend writes the key of the lines and bands, wrapping at width, and
+// returns the baseline of its last line.
+func legend(w io.Writer, x, y, width int) int {
 	type key struct {
 		name, color string
 		line, dash  bool
@@ -110,6 +140,7 @@ func legend(w io.Writer, x, y, width int) {
 		fmt.Fprintf(w, `<text x="%d" y="%d">%s</text>`+"\n", cx+22, y, esc(k.name))
 		cx += need
 	}
+	return y
 }
 
 // timeEnd is where the time axis ends: a little after the last moment
@@ -161,7 +192,7 @@ func niceStep(span float64, n int) float64 {
 }
 
 // panel draws one run at (x, y), the top left corner of its queue plot.
-func panel(w io.Writer, x, y int, r Result, tEnd, qMax float64) {
+func panel(w io.Writer, x, y, panelW int, r Result, tEnd, qMax float64) {
 	p := r.Config.Personality
 	verdict := ""
 	if p.Name != "" {
@@ -171,11 +202,11 @@ func panel(w io.Writer, x, y int, r Result, tEnd, qMax float64) {
 	fmt.Fprintf(w, `<text x="%d" y="%d" fill="#444">%s</text>`+"\n", x, y-5,
 		esc(fmt.Sprintf("listen(%d): backlog %d, %d can wait%s", r.RequestedBacklog, r.Backlog, r.Capacity, verdict)))
 
-	tx := func(ms float64) float64 { return float64(x) + math.Min(ms/tEnd, 1)*panelW }
+	tx := func(ms float64) float64 { return float64(x) + math.Min(ms/tEnd, 1)*float64(panelW) }
 
 	// The queue.
 	qy := func(q float64) float64 { return float64(y) + (1-q/qMax)*queueH }
-	grid(w, x, y, queueH)
+	fmt.Fprintf(w, `<rect x="%d" y="%d" width="%d" height="%d" fill="#FAFAFA"/>`+"\n", x, y, panelW, queueH)
 	step := niceStep(qMax, 4)
 	for v := 0.0; v <= qMax+step/100; v += step {
 		yy := qy(v)
@@ -255,10 +286,6 @@ func panel(w io.Writer, x, y int, r Result, tEnd, qMax float64) {
 	fmt.Fprintf(w, `<text x="%d" y="%d" fill="#222">%s</text>`+"\n", x, base+29, esc(finalCounts(r)))
 }
 
-// grid is a light background for a plot.
-func grid(w io.Writer, x, y, h int) {
-	fmt.Fprintf(w, `<rect x="%d" y="%d" width="%d" height="%d" fill="#FAFAFA"/>`+"\n", x, y, panelW, h)
-}
 
 // timeLabel prints a tick in ms below a second's steps, else in s.
 func timeLabel(ms, step float64) string {

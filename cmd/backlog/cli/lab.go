@@ -135,14 +135,11 @@ func labTitle(f labFlags, rs []lab.Result) string {
 	clients := fmt.Sprintf("%d clients", rs[0].Clients)
 	for _, r := range rs {
 		if r.Clients != rs[0].Clients {
-			clients = "3 × what can wait clients"
-			if f.clients > 0 {
-				clients = fmt.Sprintf("%d clients", f.clients)
-			}
+			clients = "clients 3 × what can wait"
 		}
 	}
-	title := fmt.Sprintf("listen(%s) on %s: %s %s apart, %s each to connect; accepts: %s",
-		f.backlog, rs[0].Transport, clients, f.arrival, durationText(f.timeout), f.accept)
+	title := fmt.Sprintf("listen(%s) on %s, accepting %s; %s, %s apart, %s each to connect",
+		f.backlog, rs[0].Transport, f.accept, clients, f.arrival, durationText(f.timeout))
 	for _, r := range f.relisten {
 		title += fmt.Sprintf("; listen(%d) again at %s", r.Backlog, durationText(r.After))
 	}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -9,13 +8,10 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -191,34 +187,6 @@ func TestServeFullQueue(t *testing.T) {
 	}
 }
 
-// TestServeSignals builds the command and stops it with SIGINT and SIGTERM:
-// it exits 130 after its summary.
-func TestServeSignals(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the command")
-	}
-	bin := filepath.Join(t.TempDir(), "backlog")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/backlog-dev/backlog/cmd/backlog").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-		cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0")
-		stdout, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stdout)
-		if !sc.Scan() || !strings.HasPrefix(sc.Text(), "serving http on") {
-			t.Fatalf("first line %q", sc.Text())
-		}
-		cmd.Process.Signal(sig)
-		rest, _ := io.ReadAll(stdout)
-		cmd.Wait()
-		if code := cmd.ProcessState.ExitCode(); code != 130 || !strings.Contains(string(rest), "stopped after") {
-			t.Errorf("after %v: exit %d, output %q; want exit 130 and a summary", sig, code, rest)
-		}
-	}
-}
 
 // TestServeReusePort runs two SO_REUSEPORT shards that never accept: the
 // kernel lists them as a group of two on one address, their clients add up
