@@ -286,7 +286,6 @@ func panel(w io.Writer, x, y, panelW int, r Result, tEnd, qMax float64) {
 	fmt.Fprintf(w, `<text x="%d" y="%d" fill="#222">%s</text>`+"\n", x, base+29, esc(finalCounts(r)))
 }
 
-
 // timeLabel prints a tick in ms below a second's steps, else in s.
 func timeLabel(ms, step float64) string {
 	if step < 1000 {

@@ -187,7 +187,6 @@ func TestServeFullQueue(t *testing.T) {
 	}
 }
 
-
 // TestServeReusePort runs two SO_REUSEPORT shards that never accept: the
 // kernel lists them as a group of two on one address, their clients add up
 // to what was dialled, the metrics keep them apart by inode, and the view
