@@ -45,7 +45,7 @@ by then and exits with status 130.`)
 			}
 			return err
 		}
-		prog := newProgress(e, []string{args[0]})
+		prog := newProgress(e, "TARGET", []string{args[0]})
 		r := lab.Fill(ctx, lab.FillConfig{
 			Network: network, Address: addr, Target: args[0], Clients: clients, Arrival: arrival, Timeout: timeout, Hold: hold,
 			Progress: func(p lab.Progress) { prog.update(0, p) },

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"regexp"
@@ -14,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/backlog-dev/backlog/internal/lab"
 	"github.com/backlog-dev/backlog/kernel"
 )
 
@@ -60,6 +62,16 @@ func outcome(label string, n int) *regexp.Regexp {
 	return regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(label) + ` +` + strconv.Itoa(n) + `\b`)
 }
 
+// count reads a summary row's count, or -1.
+func count(out, label string) int {
+	m := regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(label) + ` +(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		return -1
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
 func mustMatch(t *testing.T, what, out string, res ...*regexp.Regexp) {
 	t.Helper()
 	for _, re := range res {
@@ -70,39 +82,48 @@ func mustMatch(t *testing.T, what, out string, res ...*regexp.Regexp) {
 }
 
 // TestLabInterrupt: linux rules without SYN cookies, backlog 5 and 50
-// clients with 20 s each; once 6 are in the queue and the others' SYNs are
-// being ignored, SIGINT. The summary says the run was interrupted, counts
-// the 44 as unfinished, none as timed out (their 20 s were not over), and
-// the command exits 130.
+// clients with 20 s each; once the queue holds its 6 and the others' SYNs
+// are being ignored, SIGINT. The summary says the run was interrupted and
+// counts every client that had not connected as unfinished, none as timed
+// out (their 20 s were not over), and the command exits 130. (On a busy
+// machine a few more than 6 may complete their handshake while the queue
+// fills, their final ACK then dropped: they count as connected.)
 func TestLabInterrupt(t *testing.T) {
 	c := startChild(t, "lab", "--personality", "linux:syncookies=0", "--clients", "50", "--timeout", "20s", "--arrival", "1ms")
-	c.stderr.await(t, regexp.MustCompile(`(6/50 answered; connected 6)`))
+	c.stderr.await(t, regexp.MustCompile(`(answered; connected \d+, refused 0, reset 0, timed out 0; queue 6/6)`))
 	if code := c.interrupt(t); code != 130 {
 		t.Errorf("exit %d; want 130", code)
 	}
 	out := c.stdout.String()
-	mustMatch(t, "the summary", out, regexp.MustCompile(`^Interrupted after [0-9.]+s`),
-		outcome("connected", 6), outcome("timed out", 0), outcome("refused", 0), outcome("unfinished", 44))
+	mustMatch(t, "the summary", out, regexp.MustCompile(`^Interrupted after [0-9.]+s`), outcome("timed out", 0), outcome("refused", 0))
+	if conn, unf := count(out, "connected"), count(out, "unfinished"); conn < 6 || conn+unf != 50 {
+		t.Errorf("connected %d, unfinished %d; want 6 or more connected and the rest of the 50 unfinished:\n%s", conn, unf, out)
+	}
 	if strings.Contains(out, "no answer within") || strings.Contains(out, "canceled") {
 		t.Errorf("the summary tells of timeouts or cancellations:\n%s", out)
 	}
 }
 
 // TestLabInterruptJSON: the same with --json: an array, interrupted, and
-// p50 known for the 6 that connected.
+// p50 known for those that connected.
 func TestLabInterruptJSON(t *testing.T) {
 	c := startChild(t, "lab", "--json", "--personality", "linux:syncookies=0", "--backlog", "1", "--clients", "10", "--timeout", "20s", "--arrival", "1ms")
-	c.stderr.await(t, regexp.MustCompile(`(2/10 answered; connected 2)`))
+	c.stderr.await(t, regexp.MustCompile(`(timed out 0; queue 2/2)`))
 	if code := c.interrupt(t); code != 130 {
 		t.Errorf("exit %d; want 130", code)
 	}
-	out := c.stdout.String()
-	mustMatch(t, "the JSON", out, regexp.MustCompile(`^\[`), regexp.MustCompile(`"interrupted": true`),
-		regexp.MustCompile(`"unfinished": 8`), regexp.MustCompile(`"timed_out": 0`), regexp.MustCompile(`"count": 2,\s+"p50": [0-9.]+`))
+	var rs []lab.Result
+	if err := json.Unmarshal([]byte(c.stdout.String()), &rs); err != nil || len(rs) != 1 {
+		t.Fatalf("%v: %s", err, c.stdout)
+	}
+	r := rs[0]
+	if !r.Interrupted || r.TimedOut != 0 || r.Connected < 2 || r.Connected+r.Unfinished != 10 || r.ConnectMS.Count != r.Connected {
+		t.Errorf("%+v; want interrupted, none timed out, 2 or more connected with their times, the rest unfinished", r)
+	}
 }
 
 // TestFillInterrupt: a kernel listener that never accepts, with backlog 1,
-// holds 2 of 10 clients given 20 s each; SIGINT ends fill with the other 8
+// holds 2 of 10 clients given 20 s each; SIGINT ends fill with the others
 // unfinished and exit 130.
 func TestFillInterrupt(t *testing.T) {
 	l, err := (&kernel.ListenConfig{Backlog: 1}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
@@ -111,12 +132,15 @@ func TestFillInterrupt(t *testing.T) {
 	}
 	defer l.Close()
 	c := startChild(t, "fill", "--clients", "10", "--timeout", "20s", "--arrival", "1ms", l.Addr().String())
-	c.stderr.await(t, regexp.MustCompile(`(2/10 answered; connected 2)`))
+	c.stderr.await(t, regexp.MustCompile(`(answered; connected [2-9])`))
 	if code := c.interrupt(t); code != 130 {
 		t.Errorf("exit %d; want 130", code)
 	}
-	mustMatch(t, "the summary", c.stdout.String(), regexp.MustCompile(`^Interrupted after`),
-		outcome("connected", 2), outcome("timed out", 0), outcome("unfinished", 8))
+	out := c.stdout.String()
+	mustMatch(t, "the summary", out, regexp.MustCompile(`^Interrupted after`), outcome("timed out", 0))
+	if conn, unf := count(out, "connected"), count(out, "unfinished"); conn < 2 || conn+unf != 10 {
+		t.Errorf("connected %d, unfinished %d; want 2 or more connected and the rest of the 10 unfinished:\n%s", conn, unf, out)
+	}
 }
 
 // TestProbeInterrupt: the probe of backlog 1 watches its left-out client

@@ -116,9 +116,9 @@ func runLab(ctx context.Context, e *env, f labFlags) error {
 		case 0:
 			fmt.Fprintln(e.stdout, "Interrupted before any run had started.")
 		case 1:
-			printLabResult(e.stdout, width, results[0], f)
+			printLabResult(e.stdout, width, results[0], f, interrupted)
 		default:
-			printLabTable(e.stdout, width, results, f)
+			printLabTable(e.stdout, width, results, f, interrupted)
 		}
 		if f.svg != "" && len(results) > 0 {
 			fmt.Fprintf(e.stdout, "\nCharts written to %s.\n", f.svg)
@@ -143,15 +143,18 @@ func labTitle(f labFlags, rs []lab.Result) string {
 	for _, r := range f.relisten {
 		title += fmt.Sprintf("; listen(%d) again at %s", r.Backlog, durationText(r.After))
 	}
-	if rs[0].Interrupted {
-		title += " (interrupted)"
+	for _, r := range rs {
+		if r.Interrupted {
+			title += " (interrupted)"
+			break
+		}
 	}
 	return title
 }
 
-func printLabResult(w io.Writer, width int, r lab.Result, f labFlags) {
+func printLabResult(w io.Writer, width int, r lab.Result, f labFlags, interrupted bool) {
 	p := r.Config.Personality
-	if r.Interrupted {
+	if interrupted {
 		para(w, width, "", fmt.Sprintf("Interrupted after %s: what follows is what had happened by then.", seconds1(r.DurationMS)))
 		fmt.Fprintln(w)
 	}
@@ -178,7 +181,7 @@ func printLabResult(w io.Writer, width int, r lab.Result, f labFlags) {
 		{"refused", r.Refused, ""},
 		{"timed out", r.TimedOut, timedOutNote(r.TimedOut, f.timeout, r.Emulated && !r.Emulation.AtSYN)},
 	}
-	rows = append(rows, extraRows(r.Counts, r.Errors, r.Interrupted)...)
+	rows = append(rows, extraRows(r.Counts, r.Errors, interrupted)...)
 	printOutcomes(w, width, rows)
 	printRelistens(w, r.Relistens)
 	fmt.Fprintln(w)
@@ -301,9 +304,13 @@ func errorNote(errs map[string]int, skip ...string) string {
 	return strings.Join(parts, ", ")
 }
 
-func printLabTable(w io.Writer, width int, rs []lab.Result, f labFlags) {
-	if rs[0].Interrupted {
-		para(w, width, "", fmt.Sprintf("Interrupted after %s: what follows is what had happened by then.", seconds1(rs[0].DurationMS)))
+func printLabTable(w io.Writer, width int, rs []lab.Result, f labFlags, interrupted bool) {
+	if interrupted {
+		longest := 0.0
+		for _, r := range rs {
+			longest = max(longest, r.DurationMS)
+		}
+		para(w, width, "", fmt.Sprintf("Interrupted after %s: what follows is what had happened by then.", seconds1(longest)))
 		fmt.Fprintln(w)
 	}
 	para(w, width, "", fmt.Sprintf("listen(%s) on %s: clients %s apart, %s each to connect; accepting: %s",
@@ -314,7 +321,7 @@ func printLabTable(w io.Writer, width int, rs []lab.Result, f labFlags) {
 		emulated = emulated || r.Emulated
 		atSYN = atSYN || r.Emulation.AtSYN
 		failed = failed || r.Failed > 0
-		unfinished = unfinished || r.Unfinished > 0 || r.Interrupted
+		unfinished = unfinished || r.Unfinished > 0 || interrupted
 	}
 	switch {
 	case emulated && atSYN:

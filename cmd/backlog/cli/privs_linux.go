@@ -46,7 +46,7 @@ func dropPrivileges(keep bool) string {
 	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&none[0])), 0)
 	if errno == 0 {
 		syscall.AllThreadsSyscall6(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0)
-		return "capabilities: all dropped, on every thread, once the device was open and the sockets bound"
+		return "capabilities: all dropped, on every thread, once set up"
 	}
 	if errno != syscall.ENOTSUP {
 		return fmt.Sprintf("capabilities: could not be dropped: capset: %v", errno)
@@ -65,7 +65,7 @@ func dropPrivileges(keep bool) string {
 		return fmt.Sprintf("capabilities: could not be dropped: setresuid: %v", err)
 	}
 	unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-	return fmt.Sprintf("capabilities: all dropped, now user %d (nobody), once the device was open and the sockets bound", nobody)
+	return fmt.Sprintf("capabilities: all dropped once set up; now user %d (nobody)", nobody)
 }
 
 // capabilitiesHeld reports whether the calling thread has any capability

@@ -30,6 +30,7 @@ type progressView struct {
 	w     io.Writer
 	live  bool
 	names []string
+	what  string // the first column's name
 
 	mu    sync.Mutex
 	rows  []lab.Progress
@@ -43,11 +44,11 @@ func newProgressView(e *env, ps []backlog.Personality) *progressView {
 	for i, p := range ps {
 		names[i] = p.String()
 	}
-	return newProgress(e, names)
+	return newProgress(e, "SYSTEM", names)
 }
 
-func newProgress(e *env, names []string) *progressView {
-	v := &progressView{w: e.stderr, names: names, rows: make([]lab.Progress, len(names)), said: make([]time.Time, len(names))}
+func newProgress(e *env, what string, names []string) *progressView {
+	v := &progressView{w: e.stderr, names: names, what: what, rows: make([]lab.Progress, len(names)), said: make([]time.Time, len(names))}
 	v.live = isTerminal(e.stderr)
 	return v
 }
@@ -99,7 +100,7 @@ func (v *progressView) redraw() {
 	width := outputWidth(v.w) - 1
 	build := func(bar int) *table {
 		t := &table{cols: []column{
-			{name: "SYSTEM"}, {name: "PROGRESS", drop: 4}, {name: "ANSWERED", right: true, drop: 3},
+			{name: v.what}, {name: "PROGRESS", drop: 4}, {name: "ANSWERED", right: true, drop: 3},
 			{name: "CONNECTED", right: true}, {name: "REFUSED", right: true}, {name: "RESET", right: true, drop: 2},
 			{name: "TIMED OUT", right: true}, {name: "QUEUE", right: true, drop: 1},
 		}}
