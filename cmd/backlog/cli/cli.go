@@ -12,6 +12,9 @@ import (
 	"runtime/debug"
 	"strings"
 	"text/tabwriter"
+	"time"
+
+	gvlog "gvisor.dev/gvisor/pkg/log"
 )
 
 // A command is one subcommand: its name, a line for the command list, and
@@ -98,6 +101,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // has said what it did by then), 1 on any other failure. Errors are
 // printed to stderr on one line.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	// gVisor logs what its stack could not process to stderr, in the
+	// middle of a live view; what matters of it is counted already.
+	gvlog.SetTarget(quiet{})
 	err := Run(ctx, args, stdout, stderr)
 	if err == nil {
 		return 0
@@ -139,6 +145,11 @@ func help(e *env, cmds []command, args []string) error {
 	fmt.Fprintln(e.stdout, "version. Misuse exits with status 2, an interrupted command with 130.")
 	return nil
 }
+
+// quiet is a gVisor log target that drops everything.
+type quiet struct{}
+
+func (quiet) Emit(int, gvlog.Level, time.Time, string, ...any) {}
 
 // versionLine says which build this is, from the build information the Go
 // toolchain records in the binary: the module version (or "devel"), the
