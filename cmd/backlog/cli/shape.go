@@ -81,8 +81,9 @@ func runShape(ctx context.Context, e *env, f shapeFlags) error {
 		holder = fmt.Sprintf("%s[%d]", sock.Process, sock.PID)
 	}
 	width := outputWidth(e.stdout)
-	para(e.stdout, width, "", fmt.Sprintf("shaping %v (%s, its listen backlog %d) as %s, listen(%d): backlog %d, %d can wait; when full: %s",
-		sock.Addr, holder, sock.Backlog, p, st.Requested, st.Backlog, st.Capacity, p.FullVerdict()))
+	para(e.stdout, width, "", fmt.Sprintf("shaping %v (%s, its listen backlog %d)", sock.Addr, holder, sock.Backlog))
+	para(e.stdout, width, "", fmt.Sprintf("as %s, listen(%d): backlog %d, %d can wait; when full: %s",
+		p, st.Requested, st.Backlog, st.Capacity, p.FullVerdict()))
 	if st.StaleRules > 0 {
 		fmt.Fprintf(e.stdout, "removed %d rules left by shapers that died\n", st.StaleRules)
 	}
