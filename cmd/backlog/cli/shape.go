@@ -2,80 +2,73 @@ package cli
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/kernel"
 )
 
-const shapeUsage = `Usage: backlog shape --port PORT --personality NAME [flags]
-
-Puts a listening socket of this host, whoever holds it (nginx, a Java
-service, a Python script), under another system's listen() rules at the
-SYN, until interrupted (SIGINT or SIGTERM): each SYN for the port is
-decided from that listener's real queue and passed on, dropped (the client
-retransmits) or refused with a reset. Needs Linux, root (CAP_NET_ADMIN) and
-iptables. Everything it installs is removed when it stops, and a killed
-shaper's rules let SYNs through until the next one removes them.
-
-  --port PORT          the listener's port (required)
-  --addr IP            shape SYNs to this address only (default: every
-                       address the listener has)
-  --personality NAME   the system whose rules to follow (required)
-  --backlog N          the backlog the emulated system is given (default:
-                       the listener's own stored backlog)
-  --interval D         how often to show the queue (default 1s; 0: never)
-`
-
 type shapeFlags struct {
 	port        int
-	addr        string
-	personality string
+	addr        netip.Addr
+	personality []backlog.Personality
 	backlog     int
 	interval    time.Duration
 }
 
-func runShape(ctx context.Context, e *env, args []string) error {
+func shapeCommand() (*flags, runFunc) {
+	fl := newFlags("shape", "--port PORT --personality NAME [flags]", `
+Puts a listening socket of this host, whoever holds it (nginx, a Java
+service, a Python script), under another system's listen() rules at the
+SYN, until interrupted (SIGINT or SIGTERM, exit status 130): each SYN for
+the port is decided from that listener's real queue and passed on, dropped
+(the client retransmits) or refused with a reset. Needs Linux, root
+(CAP_NET_ADMIN) and iptables. Everything it installs is removed when it
+stops, and a killed shaper's rules let SYNs through until the next one
+removes them.`)
 	var f shapeFlags
-	fs := flag.NewFlagSet("shape", flag.ContinueOnError)
-	fs.IntVar(&f.port, "port", 0, "")
-	fs.StringVar(&f.addr, "addr", "", "")
-	fs.StringVar(&f.personality, "personality", "", "")
-	fs.IntVar(&f.backlog, "backlog", 0, "")
-	fs.DurationVar(&f.interval, "interval", time.Second, "")
-	rest, err := parseFlags(e, fs, shapeUsage, args)
-	if err != nil {
-		return helpIsNotAnError(err)
-	}
-	switch {
-	case len(rest) > 0:
-		return usagef("shape", "unexpected argument %q; shape takes only flags", rest[0])
-	case f.port < 1 || f.port > 65535:
-		return usagef("shape", "--port %d: give the listener's port, 1 to 65535", f.port)
-	case f.personality == "":
-		return usagef("shape", "--personality is required; valid: %s", personalityNames())
-	case f.interval < 0:
-		return usagef("shape", "--interval %v: give 0 (never) or more", f.interval)
-	case f.backlog < 0:
-		return usagef("shape", "--backlog %d: give 0 (the listener's own) or more", f.backlog)
-	}
-	ip := netip.IPv6Unspecified()
-	if f.addr != "" {
-		if ip, err = netip.ParseAddr(f.addr); err != nil {
-			return usagef("shape", "--addr %q: give an IPv4 or IPv6 address, such as 127.0.0.1", f.addr)
+	fl.add("port", "PORT", "the listener's port (required)", "", intValue{&f.port, 1, 65535, "a port"})
+	fl.add("addr", "IP", "shape SYNs to this address only", "every address the listener has", ipValue{&f.addr})
+	fl.personalityFlag(&f.personality, "the system whose rules to follow (required)", "", true)
+	fl.add("backlog", "N", "the backlog the emulated system is given; 0: the listener's own stored backlog", "0", intValue{&f.backlog, 0, 1 << 30, "a backlog"})
+	fl.durationFlag(&f.interval, "interval", "how often to show the queue; 0: never", time.Second, 0, time.Hour)
+	return fl, func(ctx context.Context, e *env, args []string) error {
+		if err := fl.onlyFlags(args); err != nil {
+			return err
 		}
+		switch {
+		case !fl.given("port"):
+			return usagef("shape", "--port is required: the listening socket's port, 1 to 65535")
+		case len(f.personality) == 0:
+			return usagef("shape", "--personality is required: one of %s", strings.Join(backlog.Names(), ", "))
+		}
+		return runShape(ctx, e, f)
 	}
-	ps, err := resolve("shape", []string{f.personality})
+}
+
+// ipValue is an IPv4 or IPv6 address.
+type ipValue struct{ p *netip.Addr }
+
+func (v ipValue) String() string { return v.p.String() }
+func (v ipValue) Set(s string) error {
+	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return err
+		return errors.New("give an IPv4 or IPv6 address, such as 127.0.0.1")
 	}
-	if len(ps) != 1 {
-		return usagef("shape", "--personality takes one system, not all")
+	*v.p = a
+	return nil
+}
+
+func runShape(ctx context.Context, e *env, f shapeFlags) error {
+	ip := netip.IPv6Unspecified()
+	if f.addr.IsValid() {
+		ip = f.addr
 	}
-	p := ps[0]
+	p := f.personality[0]
 	sh, err := kernel.Shape(ctx, kernel.ShapeConfig{Addr: netip.AddrPortFrom(ip, uint16(f.port)), Personality: p, Backlog: f.backlog})
 	if err != nil {
 		return fmt.Errorf("shape: %w", err)
@@ -87,8 +80,10 @@ func runShape(ctx context.Context, e *env, args []string) error {
 	if sock.PID > 0 {
 		holder = fmt.Sprintf("%s[%d]", sock.Process, sock.PID)
 	}
-	fmt.Fprintf(e.stdout, "shaping %v (%s, its listen backlog %d) as %s, listen(%d): backlog %d, %d can wait; when full: %s\n",
-		sock.Addr, holder, sock.Backlog, p, st.Requested, st.Backlog, st.Capacity, p.FullVerdict())
+	width := outputWidth(e.stdout)
+	para(e.stdout, width, "", fmt.Sprintf("shaping %v (%s, its listen backlog %d)", sock.Addr, holder, sock.Backlog))
+	para(e.stdout, width, "", fmt.Sprintf("as %s, listen(%d): backlog %d, %d can wait; when full: %s",
+		p, st.Requested, st.Backlog, st.Capacity, p.FullVerdict()))
 	if st.StaleRules > 0 {
 		fmt.Fprintf(e.stdout, "removed %d rules left by shapers that died\n", st.StaleRules)
 	}
@@ -101,7 +96,7 @@ func runShape(ctx context.Context, e *env, args []string) error {
 	for {
 		select {
 		case <-tick:
-			printShapeLine(e, sh.Stats())
+			printShapeLine(e, width, sh.Stats())
 		case <-ctx.Done():
 			err := sh.Close()
 			printShapeSummary(e, sh.Stats(), time.Since(start))
@@ -113,21 +108,9 @@ func runShape(ctx context.Context, e *env, args []string) error {
 	}
 }
 
-func personalityNames() string {
-	names := backlog.Names()
-	s := ""
-	for i, n := range names {
-		if i > 0 {
-			s += ", "
-		}
-		s += n
-	}
-	return s
-}
-
-func printShapeLine(e *env, s kernel.ShaperStats) {
-	fmt.Fprintf(e.stdout, "queued %d/%d  half-open %d  SYNs %d: passed %d, refused %d, dropped %d  listener's queue %d\n",
-		s.Len, s.Capacity, s.HalfOpen, s.SYNs, s.Passed, s.Refused, s.Dropped, s.KernelLen)
+func printShapeLine(e *env, width int, s kernel.ShaperStats) {
+	para(e.stdout, width, "", fmt.Sprintf("queued %d/%d, half-open %d; SYNs %d: passed %d, refused %d, dropped %d; listener's queue %d",
+		s.Len, s.Capacity, s.HalfOpen, s.SYNs, s.Passed, s.Refused, s.Dropped, s.KernelLen))
 }
 
 func printShapeSummary(e *env, s kernel.ShaperStats, d time.Duration) {

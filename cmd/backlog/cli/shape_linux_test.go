@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,13 +29,7 @@ func newShapeBench(t *testing.T) *shapeBench {
 			t.Skipf("needs %s", cmd)
 		}
 	}
-	if testing.Short() {
-		t.Skip("builds the command")
-	}
-	b := &shapeBench{ns: netnstest.New(t), bin: filepath.Join(t.TempDir(), "backlog")}
-	if out, err := exec.Command("go", "build", "-o", b.bin, "github.com/backlog-dev/backlog/cmd/backlog").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	b := &shapeBench{ns: netnstest.New(t), bin: requireBinary(t)}
 	py := exec.Command("ip", "netns", "exec", b.ns, "python3", "-u", "-c",
 		"import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(16)\nprint(s.getsockname()[1])\ntime.sleep(120)")
 	out, _ := py.StdoutPipe()
@@ -52,7 +45,8 @@ func newShapeBench(t *testing.T) *shapeBench {
 	return b
 }
 
-// start runs backlog shape in the namespace and waits for its first line.
+// start runs backlog shape in the namespace and waits for its first two
+// lines, the socket and the rules; it returns the two.
 func (b *shapeBench) start(t *testing.T, args ...string) (*exec.Cmd, *bufio.Scanner, string) {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", b.ns, b.bin, "shape", "--port", strconv.Itoa(b.port), "--interval", "0"}, args...)...)
@@ -66,7 +60,11 @@ func (b *shapeBench) start(t *testing.T, args ...string) (*exec.Cmd, *bufio.Scan
 	if !sc.Scan() || !strings.HasPrefix(sc.Text(), "shaping 127.0.0.1:") {
 		t.Fatalf("backlog shape: first line %q", sc.Text())
 	}
-	return cmd, sc, sc.Text()
+	head := sc.Text()
+	if !sc.Scan() || !strings.HasPrefix(sc.Text(), "as ") {
+		t.Fatalf("backlog shape: second line %q", sc.Text())
+	}
+	return cmd, sc, head + " " + sc.Text()
 }
 
 func (b *shapeBench) dial(t *testing.T, timeout time.Duration) (err error) {
