@@ -113,9 +113,8 @@ func TestPercentiles(t *testing.T) {
 
 // TestSVG draws two runs and checks the drawing: well-formed XML with the
 // run's title, one panel per run with its queue and capacity lines, and
-// its clients' outcomes drawn as bands: the linux clients the full queue
-// ignored show as timed out, Windows NT's as refused, and neither has a
-// band it did not meet.
+// its clients' outcomes drawn as bands as thick as their counts: Windows
+// NT's refused clients show, and no run has a band it did not meet.
 func TestSVG(t *testing.T) {
 	var results []Result
 	for _, name := range []string{"linux", "winnt4-workstation"} {
@@ -144,16 +143,22 @@ func TestSVG(t *testing.T) {
 			lines[p.Title] = true
 		}
 	}
-	// height is how tall a band gets.
+	// height is how thick a band gets. Its outline runs along its top
+	// left to right and back along its bottom, so the k-th point from
+	// the start and the k-th from the end lie at one moment. The band's
+	// extent is not its thickness: an empty band rises with the bands
+	// below it.
 	height := map[string]float64{}
 	for _, p := range doc.Polygons {
-		lo, hi := math.Inf(1), math.Inf(-1)
+		var ys []float64
 		for _, pt := range strings.Fields(p.Points) {
 			var x, y float64
 			fmt.Sscanf(pt, "%f,%f", &x, &y)
-			lo, hi = math.Min(lo, y), math.Max(hi, y)
+			ys = append(ys, y)
 		}
-		height[p.Title] = math.Max(height[p.Title], hi-lo)
+		for k := 0; k < len(ys)/2; k++ {
+			height[p.Title] = math.Max(height[p.Title], ys[len(ys)-1-k]-ys[k])
+		}
 	}
 	texts := strings.Join(doc.Texts, "\n")
 	if !strings.Contains(texts, "backlog lab: listen(3) on netstack") {
@@ -169,12 +174,17 @@ func TestSVG(t *testing.T) {
 			t.Errorf("no %q in:\n%s", finalCounts(r), texts)
 		}
 	}
+	// A band is drawn when its outcome happened. Linux never refuses and
+	// Windows NT refuses what does not fit; whether a Linux client times
+	// out depends on whether its SYN met a full queue or a handshake
+	// still open, which a busy machine decides, so its band is checked
+	// against the run's own count.
 	for band, want := range map[string]bool{
-		"linux timed out": true, "linux refused": false, "linux connected, waiting": true,
+		"linux refused": false, "linux timed out": results[0].TimedOut > 0, "linux connected, waiting": true,
 		"winnt4-workstation refused": true, "winnt4-workstation timed out": false,
 	} {
 		if got := height[band] > 1; got != want {
-			t.Errorf("band %q drawn %v (height %.1f); want %v", band, got, height[band], want)
+			t.Errorf("band %q drawn %v (height %.1f); want %v; runs ended %q, %q", band, got, height[band], want, finalCounts(results[0]), finalCounts(results[1]))
 		}
 	}
 }
