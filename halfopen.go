@@ -7,7 +7,18 @@ type halfOpenSet[T comparable] struct {
 	index      map[T]*halfNode[T]
 	head, tail *halfNode[T] // oldest, newest
 	free       *halfNode[T]
+	nFree      int // nodes on the free list, at most keepFree
+	peak       int // the most entries index has held since it was made
 }
+
+// keepFree bounds the nodes a set keeps for reuse, and shrinkAbove the
+// entries its index may have held before an empty set makes a new one: a
+// map keeps the room it grew to, and a burst of handshakes should not pin
+// memory for good.
+const (
+	keepFree    = 256
+	shrinkAbove = 1024
+)
 
 type halfNode[T comparable] struct {
 	v          T
@@ -31,6 +42,7 @@ func (s *halfOpenSet[T]) push(t T) {
 	if n != nil {
 		s.free = n.next
 		n.next = nil
+		s.nFree--
 	} else {
 		n = new(halfNode[T])
 	}
@@ -43,6 +55,7 @@ func (s *halfOpenSet[T]) push(t T) {
 	}
 	s.tail = n
 	s.index[t] = n
+	s.peak = max(s.peak, len(s.index))
 }
 
 // remove deletes t and reports whether it was held.
@@ -68,8 +81,14 @@ func (s *halfOpenSet[T]) unlink(n *halfNode[T]) {
 		s.tail = n.prev
 	}
 	var zero T
-	n.v, n.prev, n.next = zero, nil, s.free
-	s.free = n
+	n.v, n.prev, n.next = zero, nil, nil
+	if s.nFree < keepFree {
+		n.next, s.free = s.free, n
+		s.nFree++
+	}
+	if len(s.index) == 0 && s.peak > shrinkAbove {
+		s.index, s.peak = make(map[T]*halfNode[T]), 0
+	}
 }
 
 func (s *halfOpenSet[T]) popOldest() (t T, ok bool) {

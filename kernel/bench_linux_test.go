@@ -42,7 +42,7 @@ func BenchmarkAccept(b *testing.B) {
 		{name: "impl=kernel", lc: &kernel.ListenConfig{}},
 		{name: "impl=kernel+stats", lc: &kernel.ListenConfig{}, poll: true},
 		{name: "impl=kernel+metrics", lc: &kernel.ListenConfig{}, metrics: true},
-		{name: "impl=kernel+personality", lc: &kernel.ListenConfig{Backlog: 4096, Personality: linux}},
+		{name: "impl=kernel+personality", lc: &kernel.ListenConfig{Backlog: 4096, Personality: linux, Emulation: kernel.EmulateAfterAccept}},
 	}
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {

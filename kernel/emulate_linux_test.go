@@ -94,7 +94,7 @@ func TestEmulationRefuses(t *testing.T) {
 	t.Parallel()
 	p := backlog.MustLookup("winnt4-workstation")
 	h := new(logRecords)
-	ln := listen(t, &kernel.ListenConfig{Backlog: 100, Personality: p, Logger: slog.New(h)}, "tcp4", "127.0.0.1:0")
+	ln := listen(t, &kernel.ListenConfig{Backlog: 100, Personality: p, Emulation: kernel.EmulateAfterAccept, Logger: slog.New(h)}, "tcp4", "127.0.0.1:0")
 	if got := ln.Backlog(); got != 5 {
 		t.Errorf("Backlog %d; want 5", got)
 	}
@@ -145,7 +145,7 @@ func TestEmulationRefuses(t *testing.T) {
 func TestEmulationKB295079(t *testing.T) {
 	t.Parallel()
 	p := backlog.MustLookup("kb295079")
-	ln := listen(t, &kernel.ListenConfig{Backlog: 1, Personality: p}, "tcp4", "127.0.0.1:0")
+	ln := listen(t, &kernel.ListenConfig{Backlog: 1, Personality: p, Emulation: kernel.EmulateAfterAccept}, "tcp4", "127.0.0.1:0")
 	dialAll(t, ln, 1)
 	if id := acceptID(t, ln); id != 0 {
 		t.Fatalf("accepted client %d; want 0", id)
@@ -186,7 +186,7 @@ func TestEmulationKB295079(t *testing.T) {
 func TestEmulationRelistenFails(t *testing.T) {
 	t.Parallel()
 	p := backlog.GVisor()
-	ln := listen(t, &kernel.ListenConfig{Backlog: 5, Personality: p}, "tcp4", "127.0.0.1:0")
+	ln := listen(t, &kernel.ListenConfig{Backlog: 5, Personality: p, Emulation: kernel.EmulateAfterAccept}, "tcp4", "127.0.0.1:0")
 	dialAll(t, ln, 4)
 	err := ln.SetBacklog(1)
 	var op *net.OpError
@@ -206,7 +206,7 @@ func TestEmulationRelistenFails(t *testing.T) {
 func TestEmulationCloseResets(t *testing.T) {
 	t.Parallel()
 	p := backlog.Linux(backlog.DefaultLinuxConfig())
-	ln := listen(t, &kernel.ListenConfig{Backlog: 10, Personality: p}, "tcp4", "127.0.0.1:0")
+	ln := listen(t, &kernel.ListenConfig{Backlog: 10, Personality: p, Emulation: kernel.EmulateAfterAccept}, "tcp4", "127.0.0.1:0")
 	cs := dialAll(t, ln, 3)
 	if err := ln.Close(); err != nil {
 		t.Fatal(err)

@@ -73,7 +73,7 @@ func ExampleListener_SetBacklog() {
 // listen(100) keeps 5, and a sixth waiting client would be reset.
 func ExampleListenConfig_personality() {
 	nt4 := backlog.MustLookup("winnt4-workstation")
-	lc := kernel.ListenConfig{Backlog: 100, Personality: nt4, Logger: discard}
+	lc := kernel.ListenConfig{Backlog: 100, Personality: nt4, Emulation: kernel.EmulateAfterAccept, Logger: discard}
 	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)

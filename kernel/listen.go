@@ -58,6 +58,15 @@ type ListenConfig struct {
 	// zero value means no emulation: the kernel's own rules.
 	Personality backlog.Personality
 
+	// Emulation says how a Personality is followed: at the SYN, by a
+	// shaper that decides every SYN in user space before the kernel
+	// answers it (Linux, with CAP_NET_ADMIN and iptables), or after
+	// accept(), by resetting what the personality would not have queued.
+	// The zero value, EmulateAuto, uses the shaper when it can and falls
+	// back otherwise, logging why in one line (Listener.Emulation reports
+	// it too). The package documentation says what each reproduces.
+	Emulation Emulation
+
 	// ShedLoad keeps a spare descriptor, and resets waiting clients while
 	// the process has no free descriptor, instead of letting them wait.
 	// False lets them wait until descriptors are back.
@@ -127,7 +136,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	// The kernel queue only has to hold connections until the emulation
 	// takes them: give it all the room there is.
 	requested := backlog.ListenRequest(lc.Backlog, math.MaxInt32)
-	q, err := backlog.NewQueue[net.Conn](lc.Personality, requested)
+	q, err := backlog.NewQueue[*pending](lc.Personality, requested)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
@@ -135,7 +144,11 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	if err != nil {
 		return nil, err
 	}
-	e := emulate(s, q)
+	e, err := emulate(s, q, lc.Emulation)
+	if err != nil {
+		s.Close()
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: s.Addr(), Err: err}
+	}
 	e.warnIfClamped(requested, q.Backlog())
 	return lc.newListener(e, s), nil
 }
@@ -146,6 +159,44 @@ func (lc *ListenConfig) newListener(front queueListener, s *socketListener) *Lis
 		l.waits = new(backlog.QueueWaitRecorder)
 	}
 	return l
+}
+
+// Emulation is how a kernel listener follows a Personality.
+type Emulation uint8
+
+const (
+	// EmulateAuto decides at the SYN when this process can, and after
+	// accept() otherwise.
+	EmulateAuto Emulation = iota
+	// EmulateAtSYN decides every SYN before the kernel answers it, or
+	// fails Listen with the reason it cannot.
+	EmulateAtSYN
+	// EmulateAfterAccept lets the kernel complete every handshake and
+	// resets the connections the personality would have turned away.
+	EmulateAfterAccept
+	// EmulateNone is what Listener.Emulation reports without a
+	// Personality: the kernel's own rules.
+	EmulateNone
+)
+
+var emulationNames = [...]string{EmulateAuto: "auto", EmulateAtSYN: "syn", EmulateAfterAccept: "accept", EmulateNone: "none"}
+
+// String returns "auto", "syn", "accept" or "none".
+func (m Emulation) String() string {
+	if int(m) < len(emulationNames) {
+		return emulationNames[m]
+	}
+	return fmt.Sprintf("Emulation(%d)", uint8(m))
+}
+
+// ParseEmulation reads what String writes ("none" excepted).
+func ParseEmulation(s string) (Emulation, error) {
+	for m, name := range emulationNames[:EmulateNone] {
+		if s == name {
+			return Emulation(m), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown emulation %q; valid: auto, syn, accept", s)
 }
 
 // A Listener is a listening socket whose backlog can be read back, changed
@@ -175,6 +226,18 @@ type queueListener interface {
 }
 
 var _ backlog.Listener = (*Listener)(nil)
+
+// Emulation reports how the listener follows its Personality:
+// EmulateAtSYN, EmulateAfterAccept, or EmulateNone without one. When
+// EmulateAuto fell back to EmulateAfterAccept, fallback says why, in the
+// words of the log line it wrote ("no CAP_NET_ADMIN", "iptables is not
+// installed", …); otherwise it is empty.
+func (l *Listener) Emulation() (mode Emulation, fallback string) {
+	if e, ok := l.front.(*emulator); ok {
+		return e.mode, e.fallback
+	}
+	return EmulateNone, ""
+}
 
 // Addr returns the listener's network address.
 func (l *Listener) Addr() net.Addr { return l.sock.Addr() }

@@ -413,7 +413,7 @@ func TestAcceptDeadlineAndClose(t *testing.T) {
 	linux, _ := kernel.HostPersonality()
 	for name, lc := range map[string]*kernel.ListenConfig{
 		"kernel":   {Backlog: 4},
-		"emulated": {Backlog: 4, Personality: linux},
+		"emulated": {Backlog: 4, Personality: linux, Emulation: kernel.EmulateAfterAccept},
 	} {
 		t.Run(name, func(t *testing.T) {
 			ln := listen(t, lc, "tcp4", "127.0.0.1:0")

@@ -81,6 +81,9 @@ var errnoByText = func() map[string]syscall.Errno {
 // mapErr rewrites the error inside a gonet *net.OpError as an errno, and a
 // gonet timeout as os.ErrDeadlineExceeded, as Go's own sockets report them.
 func mapErr(err error) error {
+	if err == nil {
+		return nil // the common case, without errors.As's escaping target
+	}
 	var op *net.OpError
 	if !errors.As(err, &op) || op.Err == nil {
 		return err

@@ -37,5 +37,11 @@ func (q *fifo[T]) pop() (v T, ok bool) {
 	v, q.buf[q.head] = q.buf[q.head], zero
 	q.head = (q.head + 1) % len(q.buf)
 	q.n--
+	if q.n == 0 && len(q.buf) > fifoKeep {
+		q.buf, q.head = nil, 0 // emptied after a burst: let the room go
+	}
 	return v, true
 }
+
+// fifoKeep is the most room an empty fifo keeps.
+const fifoKeep = 64

@@ -60,7 +60,8 @@ type gate struct {
 	// conns holds every connection the gate is responsible for between
 	// its SYN and its delivery to the listener: half-open ones and those
 	// whose handshake completed but that gVisor has not handed over yet.
-	conns map[stack.TransportEndpointID]*pending
+	conns     map[stack.TransportEndpointID]*pending
+	connsPeak int
 	// proxied holds connections born from SYN cookies, whose sequence
 	// numbers the gate translates.
 	proxied  map[stack.TransportEndpointID]*proxy
@@ -69,12 +70,20 @@ type gate struct {
 	// have ended, oldest first, until retireTimer retires them.
 	retiring    fifo[retiree]
 	retireTimer tcpip.Timer
+	// sched times every half-open connection's SYN-ACKs.
+	sched schedule
 	// passed remembers SYNs passed uncounted because their 4-tuple still
 	// had a live connection: if the stack answers one with a SYN-ACK, that
 	// connection was in fact gone (gVisor had not yet processed its
 	// reset), and the SYN is decided then.
 	passed map[stack.TransportEndpointID]passedSYN
-	closed bool
+	// resets remembers, for a second, the established connections their
+	// clients reset, and held the SYNs that followed such a reset before
+	// the stack had processed it (see holdSYNLocked).
+	resets     map[stack.TransportEndpointID]tcpip.MonotonicTime
+	resetOrder fifo[noted]
+	held       map[*heldSYN]struct{}
+	closed     bool
 }
 
 // effects are what a decision made under gate.mu asks to be done once the
@@ -114,6 +123,8 @@ func newGate(s *stack.Stack, child stack.LinkEndpoint, mtu uint32) *gate {
 		conns:   map[stack.TransportEndpointID]*pending{},
 		proxied: map[stack.TransportEndpointID]*proxy{},
 		passed:  map[stack.TransportEndpointID]passedSYN{},
+		resets:  map[stack.TransportEndpointID]tcpip.MonotonicTime{},
+		held:    map[*heldSYN]struct{}{},
 	}
 	g.Endpoint.Init(child, g)
 	return g
@@ -174,6 +185,18 @@ func (t *portTable) set(port uint16, ls []*Listener) {
 	pg[port&0xff].Store(&ls)
 }
 
+// quiet reports whether none of the listeners on a port holds a handshake
+// or has sent a SYN cookie that may still come back: then an ACK to the
+// port can only be a live connection's, which the gate lets by.
+func quiet(ls []*Listener, clock tcpip.Clock) bool {
+	for _, l := range ls {
+		if l.held.Load() > 0 || (l.lastCookie.Load() != 0 && l.cookiesRecent(clock.NowMonotonic())) {
+			return false
+		}
+	}
+	return true
+}
+
 // listenerFor returns the listener a segment arriving for id belongs to.
 func (g *gate) listenerFor(proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID) *Listener {
 	for _, l := range g.listeners.get(id.LocalPort) {
@@ -187,11 +210,14 @@ func (g *gate) listenerFor(proto tcpip.NetworkProtocolNumber, id stack.Transport
 func (g *gate) close() {
 	g.mu.Lock()
 	g.closed = true
-	for _, e := range g.conns {
-		e.stopTimer()
+	if g.sched.timer != nil {
+		g.sched.timer.Stop()
 	}
 	if g.retireTimer != nil {
 		g.retireTimer.Stop()
+	}
+	for h := range g.held {
+		h.timer.Stop()
 	}
 	g.mu.Unlock()
 }
@@ -268,17 +294,34 @@ func bytesOf(pkt *stack.PacketBuffer) []byte {
 // to the stack.
 func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 	b := bytesOf(pkt)
+	// The fast way out: a packet for no listening port, while no
+	// cookie-born connection needs translating, or a segment of an
+	// established connection to a listening port that holds no handshake
+	// and has sent no cookie lately.
+	dport, flags, ok := peekTCP(b)
+	if !ok {
+		return true
+	}
+	proxies := g.nProxied.Load() > 0
+	if !proxies {
+		ls := g.listeners.get(dport)
+		if ls == nil || (flags&(header.TCPFlagSyn|header.TCPFlagRst) == 0 && quiet(ls, g.stack.Clock())) {
+			return true
+		}
+	}
 	s, ok := parse(b, true)
 	if !ok {
 		return true
 	}
-	if p := g.proxyFor(s.id); p != nil {
-		if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn || !p.open.Load() || g.live(&s) {
-			return g.translateIn(p, &s, b)
+	if proxies {
+		if p := g.proxyFor(s.id); p != nil {
+			if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn || !p.open.Load() || g.live(&s) {
+				return g.translateIn(p, &s, b)
+			}
+			// A new connection on the 4-tuple of a cookie-born one that
+			// is over: its translation must not touch the new one.
+			g.retire(p)
 		}
-		// A new connection on the 4-tuple of a cookie-born one that is
-		// over: its translation must not touch the new one.
-		g.retire(p)
 	}
 	l := g.listenerFor(s.proto, s.id)
 	if l == nil {
@@ -293,7 +336,7 @@ func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 			return true // the stack drops it
 		}
 		var fx effects
-		pass := g.syn(l, &s, &fx)
+		pass := g.syn(l, &s, b, &fx)
 		g.apply(&fx)
 		return pass
 	case f.Contains(header.TCPFlagAck) && !f.Contains(header.TCPFlagSyn):
@@ -323,15 +366,27 @@ func (g *gate) live(s *seg) bool {
 
 // outbound decides a leaving packet's fate and reports whether to send it.
 func (g *gate) outbound(pkt *stack.PacketBuffer, after *effects) bool {
+	// The fast way out: only SYN-ACKs matter, unless a cookie-born
+	// connection needs translating.
+	proxies := g.nProxied.Load() > 0
+	if !proxies {
+		th := pkt.TransportHeader().Slice()
+		if pkt.TransportProtocolNumber != header.TCPProtocolNumber || len(th) < header.TCPMinimumSize ||
+			header.TCP(th).Flags()&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn|header.TCPFlagAck {
+			return true
+		}
+	}
 	s, ok := parseOutbound(pkt)
 	if !ok {
 		return true
 	}
-	if p := g.proxyFor(s.id); p != nil {
-		return g.translateOut(p, &s)
-	}
-	if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn|header.TCPFlagAck {
-		return true
+	if proxies {
+		if p := g.proxyFor(s.id); p != nil {
+			return g.translateOut(p, &s)
+		}
+		if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn|header.TCPFlagAck {
+			return true
+		}
 	}
 	l := g.listenerFor(s.proto, s.id)
 	if l == nil {

@@ -37,12 +37,12 @@ type pending struct {
 	state      pendingState
 	synack     []byte // the first SYN-ACK, sent again on schedule
 	serverISN  uint32
-	retx       int // SYN-ACK retransmissions sent
-	allowRetx  int // SYN-ACKs the stack may send in answer to repeated SYNs
-	timer      tcpip.Timer
-	ep         tcpip.Endpoint // the established endpoint, once delivered
+	retx       int                 // SYN-ACK retransmissions sent
+	allowRetx  int                 // SYN-ACKs the stack may send in answer to repeated SYNs
+	due        tcpip.MonotonicTime // when the schedule next needs it
+	slot       int                 // its place in gate.sched, plus one; 0 if none
+	ep         tcpip.Endpoint      // the established endpoint, once delivered
 	wq         *waiter.Queue
-	delivered  chan struct{} // closed on delivery or death
 	cookieBorn bool
 	// answered is set once the SYN has had its answer: the stack's
 	// SYN-ACK left, or the connection died first (see answer).
@@ -58,8 +58,8 @@ const (
 	stateDead
 )
 
-// syn decides a SYN to a listening port.
-func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
+// syn decides a SYN to a listening port; b is its packet.
+func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
@@ -74,6 +74,9 @@ func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
 		return true
 	}
 	if g.live(s) {
+		if g.holdSYNLocked(s, b) {
+			return false
+		}
 		// A SYN to a live connection never reaches the listener; one to a
 		// connection in TIME-WAIT may start a new one, which the stack
 		// hands to the listener, so it is counted. Should the stack answer
@@ -93,8 +96,7 @@ func (g *gate) syn(l *Listener, s *seg, fx *effects) bool {
 func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, isn uint32, syn header.TCPSynOptions, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
 	e := &pending{
 		l: l, id: id, proto: proto, isn: isn, start: start,
-		state:     stateHalfOpen,
-		delivered: make(chan struct{}),
+		state: stateHalfOpen,
 	}
 	o, victim, evicted := l.q.SYN(e)
 	if evicted {
@@ -102,7 +104,7 @@ func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id st
 	}
 	switch o {
 	case backlog.HalfOpen:
-		g.conns[id] = e
+		g.holdLocked(e)
 		g.armLocked(e)
 		l.answers.push(answer{e: e})
 		return e, o
@@ -205,7 +207,8 @@ func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool
 	switch l.q.Established(e) {
 	case backlog.Queued:
 		e.state = stateCompleting
-		e.stopTimer() // the schedule is over; the timer would keep e alive
+		g.unscheduleLocked(e) // the schedule is over
+		e.synack = nil
 		return true
 	case backlog.HalfOpen:
 		// The accept queue is full: the ACK is dropped, the SYN-ACK
@@ -221,19 +224,105 @@ func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool
 
 func (e *pending) haveSYNACK() bool { return e.synack != nil }
 
-// peerReset handles a RST from a client: a half-open connection ends.
+// peerReset handles a RST from a client: a half-open connection ends. A
+// reset of an established connection is noted, so that a SYN for the same
+// 4-tuple right behind it waits until the stack has processed it (see
+// holdSYNLocked).
 func (g *gate) peerReset(s *seg) {
 	var fx effects
 	defer g.apply(&fx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	e := g.conns[s.id]
-	if e == nil || e.state != stateHalfOpen {
+	if e == nil {
+		g.noteResetLocked(s.id)
+		return
+	}
+	if e.state != stateHalfOpen {
 		return
 	}
 	if e.l.q.Expire(e) {
 		g.forgetLocked(e, &fx)
 	}
+}
+
+// noteResetLocked remembers that a client reset its connection on id: the
+// last maxPassed of them, for a second, the oldest forgotten first, at a
+// constant cost.
+func (g *gate) noteResetLocked(id stack.TransportEndpointID) {
+	now := g.stack.Clock().NowMonotonic()
+	if g.resetOrder.len() >= maxPassed {
+		old, _ := g.resetOrder.pop()
+		if at, ok := g.resets[old.id]; ok && at == old.at {
+			delete(g.resets, old.id)
+		}
+	}
+	g.resets[id] = now
+	g.resetOrder.push(noted{id, now})
+}
+
+// noted is a 4-tuple and when the gate noted it.
+type noted struct {
+	id stack.TransportEndpointID
+	at tcpip.MonotonicTime
+}
+
+// A SYN that follows a client's reset of the same 4-tuple within
+// microseconds can reach the gate before gVisor's processor has handled
+// the reset: the old endpoint is still established, so the stack queues
+// the SYN behind the reset on it, and once the endpoint is gone the SYN is
+// passed on from there (tcp.Endpoint tryDeliverSegmentFromClosedEndpoint)
+// and may meet a reset: under -race, about one redial in 10,000 from the
+// same port got ECONNREFUSED (TestReconnectAfterClientReset). Linux
+// processes the reset at once, and the SYN finds the listener. The gate holds such a SYN instead and hands it to itself
+// again once the old connection is gone, polling every synRetryEvery, for
+// at most synRetryFor.
+const (
+	synRetryEvery = 200 * time.Microsecond
+	synRetryFor   = 50 * time.Millisecond
+)
+
+// holdSYNLocked holds a copy of a SYN that chases a reset, and reports
+// whether it did.
+func (g *gate) holdSYNLocked(s *seg, b []byte) bool {
+	at, ok := g.resets[s.id]
+	if !ok || g.stack.Clock().NowMonotonic().Sub(at) > time.Second {
+		return false
+	}
+	delete(g.resets, s.id)
+	h := &heldSYN{proto: s.proto, s: *s, b: append([]byte(nil), b...), until: g.stack.Clock().NowMonotonic().Add(synRetryFor)}
+	h.timer = g.stack.Clock().AfterFunc(synRetryEvery, func() { g.retrySYN(h) })
+	g.held[h] = struct{}{}
+	return true
+}
+
+// heldSYN is a SYN waiting for the connection it replaces to go.
+type heldSYN struct {
+	proto tcpip.NetworkProtocolNumber
+	s     seg
+	b     []byte
+	until tcpip.MonotonicTime
+	timer tcpip.Timer
+}
+
+// retrySYN hands a held SYN to the gate again once the old connection is
+// gone, or once it has waited long enough.
+func (g *gate) retrySYN(h *heldSYN) {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return
+	}
+	if g.live(&h.s) && g.stack.Clock().NowMonotonic().Before(h.until) {
+		h.timer.Reset(synRetryEvery)
+		g.mu.Unlock()
+		return
+	}
+	delete(g.held, h)
+	g.mu.Unlock()
+	pkt := newPacket(h.b)
+	g.DeliverNetworkPacket(h.proto, pkt)
+	pkt.DecRef()
 }
 
 // killLocked ends the handshake of e in the stack, without a word to the
@@ -268,16 +357,44 @@ func resetTo(e *pending) tcpSpec {
 // forgetLocked drops everything the gate holds for e; replies that waited
 // behind its SYN's answer go out through fx.
 func (g *gate) forgetLocked(e *pending, fx *effects) {
-	e.stopTimer()
+	g.unscheduleLocked(e)
 	g.answeredLocked(e, fx)
-	if g.conns[e.id] == e {
-		delete(g.conns, e.id)
-	}
+	g.unholdLocked(e)
 	if e.state != stateDelivered {
-		e.state = stateDead
-		close(e.delivered)
+		g.endLocked(e)
 	}
 }
+
+// endLocked marks e dead, for an Accept that waits for it in take.
+func (g *gate) endLocked(e *pending) {
+	e.state = stateDead
+	e.l.handover.Broadcast()
+}
+
+// holdLocked records e among the connections the gate holds, and
+// unholdLocked forgets it if it is still there; the listener counts them,
+// for the packet path's look at a port (quiet).
+func (g *gate) holdLocked(e *pending) {
+	g.conns[e.id] = e
+	g.connsPeak = max(g.connsPeak, len(g.conns))
+	e.l.held.Add(1)
+}
+
+func (g *gate) unholdLocked(e *pending) {
+	if g.conns[e.id] != e {
+		return
+	}
+	delete(g.conns, e.id)
+	e.l.held.Add(-1)
+	if len(g.conns) == 0 && g.connsPeak > shrinkAbove {
+		// A map keeps the room it grew to: after a burst, start afresh.
+		g.conns, g.connsPeak = map[stack.TransportEndpointID]*pending{}, 0
+	}
+}
+
+// shrinkAbove is how many entries a map of the gate's may have held before
+// the gate replaces it, once empty, by a small one.
+const shrinkAbove = 1024
 
 // deliver hands over an endpoint gVisor established for a listener: the
 // connection the gate passed, or one it must now reset.
@@ -286,7 +403,7 @@ func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) {
 	g.mu.Lock()
 	e := g.conns[id]
 	if e != nil && e.l == l {
-		delete(g.conns, id)
+		g.unholdLocked(e)
 	}
 	if e == nil || e.l != l || e.state != stateCompleting {
 		g.mu.Unlock()
@@ -298,7 +415,7 @@ func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) {
 	}
 	e.ep, e.wq = ep, wq
 	e.state = stateDelivered
-	close(e.delivered)
+	l.handover.Broadcast()
 	g.mu.Unlock()
 }
 
@@ -314,8 +431,7 @@ func (g *gate) resetPending(e *pending, tellHalfOpen bool) {
 		g.killLocked(e, tellHalfOpen, &fx)
 	case stateCompleting:
 		// gVisor has not handed it over: deliver aborts it when it does.
-		e.state = stateDead
-		close(e.delivered)
+		g.endLocked(e)
 	case stateDelivered:
 		fx.abort = append(fx.abort, e.ep)
 	}
@@ -331,13 +447,12 @@ func (g *gate) dropListener(l *Listener) {
 	for l.answers.len() > 0 {
 		l.answers.pop()
 	}
-	for id, e := range g.conns {
+	for _, e := range g.conns {
 		if e.l == l {
-			e.stopTimer()
-			delete(g.conns, id)
+			g.unscheduleLocked(e)
+			g.unholdLocked(e)
 			if e.state != stateDelivered && e.state != stateDead {
-				e.state = stateDead
-				close(e.delivered)
+				g.endLocked(e)
 			}
 		}
 	}

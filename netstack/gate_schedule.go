@@ -2,16 +2,26 @@ package netstack
 
 // The SYN-ACK schedule: the gate, not gVisor, sends a half-open connection's
 // SYN-ACK again, on the personality's timetable, and gives up when it says.
+//
+// One timer serves every handshake of a gate: the half-open connections
+// wait in a heap ordered by when each next needs the gate, and the clock's
+// timer is set for the first of them. A handshake costs a place in the heap,
+// not a timer and a closure of its own.
 
-// stopTimer stops e's timer and lets it go, with the closure that holds e.
-func (e *pending) stopTimer() {
-	if e.timer != nil {
-		e.timer.Stop()
-		e.timer = nil
-	}
+import (
+	"gvisor.dev/gvisor/pkg/tcpip"
+)
+
+// schedule is a gate's heap of timed handshakes. Guarded by gate.mu.
+type schedule struct {
+	heap  []*pending
+	timer tcpip.Timer
+	// armed is whether timer is set, and for when.
+	armed   bool
+	armedAt tcpip.MonotonicTime
 }
 
-// armLocked sets e's timer for its next SYN-ACK retransmission, or for the
+// armLocked schedules e for its next SYN-ACK retransmission, or for the
 // moment its personality gives up on it.
 func (g *gate) armLocked(e *pending) {
 	sched := e.l.p.SYNACK
@@ -19,32 +29,74 @@ func (g *gate) armLocked(e *pending) {
 	if e.synack != nil && e.retx < len(sched.At) {
 		next = sched.At[e.retx]
 	}
-	wait := next - g.stack.Clock().NowMonotonic().Sub(e.start)
-	if wait < 0 {
-		wait = 0
+	e.due = e.start.Add(next)
+	if e.slot == 0 {
+		g.sched.push(e)
+	} else {
+		g.sched.fix(e.slot - 1)
 	}
-	if e.timer != nil {
-		e.timer.Stop()
-		e.timer.Reset(wait)
-		return
-	}
-	e.timer = g.stack.Clock().AfterFunc(wait, func() { g.tick(e) })
+	g.rearmLocked()
 }
 
-// tick runs when e's timer fires: a retransmission or the end.
-func (g *gate) tick(e *pending) {
+// unscheduleLocked takes e off the schedule, if it is on it.
+func (g *gate) unscheduleLocked(e *pending) {
+	if e.slot != 0 {
+		g.sched.remove(e.slot - 1)
+		g.rearmLocked()
+	}
+}
+
+// rearmLocked sets the clock's timer for the first handshake due, if it
+// is not set for it already.
+func (g *gate) rearmLocked() {
+	s := &g.sched
+	if len(s.heap) == 0 || g.closed {
+		return // a timer that fires for nothing stops there
+	}
+	due := s.heap[0].due
+	if s.armed && !due.Before(s.armedAt) {
+		return
+	}
+	wait := max(due.Sub(g.stack.Clock().NowMonotonic()), 0)
+	if s.timer == nil {
+		s.timer = g.stack.Clock().AfterFunc(wait, g.fire)
+	} else {
+		s.timer.Stop()
+		s.timer.Reset(wait)
+	}
+	s.armed, s.armedAt = true, due
+}
+
+// fire runs when the timer fires: every handshake due by now gets its
+// retransmission or its end.
+func (g *gate) fire() {
 	var fx effects
 	defer g.apply(&fx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.closed || e.state != stateHalfOpen || g.conns[e.id] != e {
+	g.sched.armed = false
+	if g.closed {
+		return
+	}
+	now := g.stack.Clock().NowMonotonic()
+	for len(g.sched.heap) > 0 && !now.Before(g.sched.heap[0].due) {
+		e := g.sched.heap[0]
+		g.sched.remove(0)
+		g.tickLocked(e, now, &fx)
+	}
+	g.rearmLocked()
+}
+
+// tickLocked is e's turn: a retransmission or the end.
+func (g *gate) tickLocked(e *pending, now tcpip.MonotonicTime, fx *effects) {
+	if e.state != stateHalfOpen || g.conns[e.id] != e {
 		return
 	}
 	sched := e.l.p.SYNACK
-	elapsed := g.stack.Clock().NowMonotonic().Sub(e.start)
+	elapsed := now.Sub(e.start)
 	if elapsed >= sched.GiveUp {
 		if e.l.q.Expire(e) {
-			g.killLocked(e, false, &fx)
+			g.killLocked(e, false, fx)
 		}
 		return
 	}
@@ -53,4 +105,71 @@ func (g *gate) tick(e *pending) {
 		fx.send(e.synack)
 	}
 	g.armLocked(e)
+}
+
+// The heap, by due time; a pending's slot is its index plus one, 0 when it
+// is not in the heap.
+
+func (s *schedule) push(e *pending) {
+	s.heap = append(s.heap, e)
+	e.slot = len(s.heap)
+	s.up(len(s.heap) - 1)
+}
+
+func (s *schedule) remove(i int) {
+	last := len(s.heap) - 1
+	e := s.heap[i]
+	if i != last {
+		s.swap(i, last)
+	}
+	s.heap[last] = nil
+	s.heap = s.heap[:last]
+	e.slot = 0
+	if i != last {
+		s.fix(i)
+	}
+}
+
+func (s *schedule) fix(i int) {
+	if !s.down(i) {
+		s.up(i)
+	}
+}
+
+func (s *schedule) less(i, j int) bool { return s.heap[i].due.Before(s.heap[j].due) }
+
+func (s *schedule) swap(i, j int) {
+	s.heap[i], s.heap[j] = s.heap[j], s.heap[i]
+	s.heap[i].slot, s.heap[j].slot = i+1, j+1
+}
+
+func (s *schedule) up(i int) {
+	for i > 0 {
+		parent := (i - 1) / 2
+		if !s.less(i, parent) {
+			return
+		}
+		s.swap(i, parent)
+		i = parent
+	}
+}
+
+func (s *schedule) down(i int) bool {
+	start := i
+	for {
+		l := 2*i + 1
+		if l >= len(s.heap) {
+			break
+		}
+		j := l
+		if r := l + 1; r < len(s.heap) && s.less(r, l) {
+			j = r
+		}
+		if !s.less(j, i) {
+			break
+		}
+		s.swap(i, j)
+		i = j
+	}
+	return i > start
 }

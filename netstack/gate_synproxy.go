@@ -113,8 +113,7 @@ func (g *gate) cookieACK(l *Listener, s *seg, b []byte, fx *effects) bool {
 	}
 	e := &pending{
 		l: l, id: s.id, proto: s.proto, isn: s.seq - 1,
-		start:     g.stack.Clock().NowMonotonic(),
-		delivered: make(chan struct{}),
+		start: g.stack.Clock().NowMonotonic(),
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -124,7 +123,7 @@ func (g *gate) cookieACK(l *Listener, s *seg, b []byte, fx *effects) bool {
 	switch l.q.CookieACK(e) {
 	case backlog.Queued:
 		e.state, e.cookieBorn = stateCompleting, true
-		g.conns[s.id] = e
+		g.holdLocked(e)
 		p := &proxy{id: s.id, e: e, cookie: s.ack - 1, cookieTS: tsecr}
 		p.holdLocked(b)
 		g.proxied[s.id] = p

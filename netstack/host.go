@@ -41,6 +41,13 @@ type Host struct {
 // newHost builds a stack on link with the given addresses. onClose, if not
 // nil, runs after the stack is gone.
 func newHost(clock tcpip.Clock, link stack.LinkEndpoint, mtu uint32, addrs []netip.Addr, onClose func()) (*Host, error) {
+	return newHostGated(clock, link, mtu, addrs, onClose, true)
+}
+
+// newHostGated is newHost, with or without a gate: a host without one is
+// gVisor's stack and nothing else, the baseline the benchmarks hold the
+// gate against; it has no listeners of this package.
+func newHostGated(clock tcpip.Clock, link stack.LinkEndpoint, mtu uint32, addrs []netip.Addr, onClose func(), gated bool) (*Host, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
@@ -54,8 +61,12 @@ func newHost(clock tcpip.Clock, link stack.LinkEndpoint, mtu uint32, addrs []net
 	sack := tcpip.TCPSACKEnabled(true)
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
 	h := &Host{stack: s, link: link, addrs: addrs, onClose: onClose}
-	h.gate = newGate(s, link, mtu)
-	if err := s.CreateNICWithOptions(nicID, h.gate, stack.NICOptions{}); err != nil {
+	var nic stack.LinkEndpoint = link
+	if gated {
+		h.gate = newGate(s, link, mtu)
+		nic = h.gate
+	}
+	if err := s.CreateNICWithOptions(nicID, nic, stack.NICOptions{}); err != nil {
 		s.Destroy()
 		return nil, fmt.Errorf("netstack: creating NIC: %s", err)
 	}
@@ -104,7 +115,9 @@ func (h *Host) Close() error {
 
 func (h *Host) close() {
 	h.closeOnce.Do(func() {
-		h.gate.close()
+		if h.gate != nil {
+			h.gate.close()
+		}
 		// What delivers packets stops first: a reader of the link
 		// blocked on the stack's lock while the stack removes the NIC
 		// under that lock would wait forever, since fdbased's Attach(nil)

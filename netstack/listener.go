@@ -65,12 +65,20 @@ type Listener struct {
 	dual  bool          // an IPv6 listener that also takes IPv4
 
 	lastCookie atomic.Int64 // monotonic ns of the last SYN cookie sent; 0 if none
+	// held counts the connections of this listener the gate holds
+	// (gate.conns): while there are none, and no cookie may come back, an
+	// ACK to its port is a live connection's.
+	held atomic.Int32
 	// rcvScale is the window scale gVisor offers on this listener's
 	// connections, which a cookie SYN-ACK must offer too.
 	rcvScale int
 	// answers are the replies to this listener's SYNs in the order the
 	// gate decided them, guarded by gate.mu (see answer).
 	answers fifo[answer]
+	// handover, on gate.mu, wakes an Accept waiting for gVisor to hand
+	// over a connection the queue gave it (take): the gate broadcasts
+	// when it delivers one, or one dies.
+	handover sync.Cond
 
 	// waits gathers how long accepted connections waited, by the stack's
 	// clock.
@@ -97,6 +105,9 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	opErr := func(err error) error {
 		return &net.OpError{Op: "listen", Net: network, Addr: stringAddr{network, address}, Err: err}
 	}
+	if h.gate == nil {
+		return nil, opErr(errors.New("a host without a gate has no listeners of this package"))
+	}
 	if err := checkOverload(c.Overload); err != nil {
 		return nil, opErr(err)
 	}
@@ -116,6 +127,7 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 		return nil, opErr(err)
 	}
 	l := &Listener{host: h, gate: h.gate, p: c.Personality, q: q, proto: proto, local: fa.Addr, dual: dual}
+	l.handover.L = &h.gate.mu
 	ep, terr := h.stack.NewEndpoint(tcp.ProtocolNumber, proto, &l.wq)
 	if terr != nil {
 		return nil, opErr(errnoOf(terr, "socket"))
@@ -263,15 +275,23 @@ func (l *Listener) Accept() (net.Conn, error) {
 // take waits for gVisor to hand over the endpoint of a connection the
 // queue gave to Accept, and wraps it.
 func (l *Listener) take(e *pending, closed <-chan struct{}) (net.Conn, bool) {
-	select {
-	case <-e.delivered:
-	case <-closed:
-		return nil, false
+	g := l.gate
+	g.mu.Lock()
+	for e.state == stateCompleting {
+		select {
+		case <-closed:
+			g.mu.Unlock()
+			return nil, false
+		default:
+		}
+		l.handover.Wait()
 	}
-	if e.ep == nil {
+	ep, wq := e.ep, e.wq
+	g.mu.Unlock()
+	if ep == nil {
 		return nil, false // reset before gVisor handed it over
 	}
-	c := newConn(gonet.NewTCPConn(e.wq, e.ep), e.ep)
+	c := newConn(gonet.NewTCPConn(wq, ep), ep)
 	c.waited = time.Duration(l.gate.stack.Clock().NowMonotonic().Sub(e.start))
 	if l.shed == nil {
 		// Under a policy, only the connections served count.
@@ -349,6 +369,9 @@ func (l *Listener) Close() error {
 	if err := l.acc.Close(); err != nil {
 		return err
 	}
+	l.gate.mu.Lock()
+	l.handover.Broadcast() // an Accept waiting in take sees the close
+	l.gate.mu.Unlock()
 	l.gate.removeListener(l)
 	l.ep.Close()
 	l.wg.Wait()

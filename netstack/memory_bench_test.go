@@ -106,7 +106,7 @@ type memServer struct {
 	close func()
 }
 
-func newMemServer(b *testing.B, impl string, complete bool, count int) *memServer {
+func newMemServer(b testing.TB, impl string, complete bool, count int) *memServer {
 	n := NewNetwork(nil)
 	h, err := n.NewHost()
 	if err != nil {

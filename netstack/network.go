@@ -72,7 +72,10 @@ var ErrNetworkClosed = errors.New("netstack: network closed")
 // NewHost adds a host with the given addresses. With none, the host gets the
 // next free pair from 198.18.0.0/15 (the benchmarking range) and
 // fdb1:ac6::/64: 198.18.0.1 and fdb1:ac6::1 for the first host, and so on.
-func (n *Network) NewHost(addrs ...netip.Addr) (*Host, error) {
+func (n *Network) NewHost(addrs ...netip.Addr) (*Host, error) { return n.newHost(true, addrs...) }
+
+// newHost adds a host, gated or not (see newHostGated).
+func (n *Network) newHost(gated bool, addrs ...netip.Addr) (*Host, error) {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -93,7 +96,7 @@ func (n *Network) NewHost(addrs ...netip.Addr) (*Host, error) {
 	n.mu.Unlock()
 
 	p := &port{net: n, in: make(chan []byte, n.queueLen), done: make(chan struct{})}
-	h, err := newHost(n.clock, p, n.mtu, addrs, nil)
+	h, err := newHostGated(n.clock, p, n.mtu, addrs, nil, gated)
 	if err != nil {
 		return nil, err
 	}

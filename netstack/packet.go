@@ -30,8 +30,6 @@ type seg struct {
 	// tcp is the TCP header and payload, aliasing the packet, so that
 	// the gate can rewrite sequence numbers in place.
 	tcp header.TCP
-	// pseudo is the pseudo-header checksum for tcp.
-	pseudo uint16
 }
 
 // parse reads an IPv4 or IPv6 packet carrying TCP. inbound says whether the
@@ -93,7 +91,6 @@ func parseTCP(proto tcpip.NetworkProtocolNumber, src, dst tcpip.Address, l4 []by
 	s.flags = t.Flags()
 	s.seq, s.ack, s.window = t.SequenceNumber(), t.AckNumber(), t.WindowSize()
 	s.payload = len(l4) - off
-	s.pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(l4)))
 	if s.flags.Contains(header.TCPFlagSyn) {
 		s.syn = header.ParseSynOptions(t.Options(), s.flags.Contains(header.TCPFlagAck))
 	}
@@ -134,9 +131,38 @@ func parseOutbound(pkt *stack.PacketBuffer) (s seg, ok bool) {
 	return s, ok
 }
 
-// checksumValid reports whether the TCP checksum of s is right.
+// checksumValid reports whether the TCP checksum of s is right. Only a
+// decision asks: the pseudo-header is summed then, not for every packet.
 func (s *seg) checksumValid() bool {
-	return s.tcp.CalculateChecksum(checksum.Checksum(s.tcp[s.tcp.DataOffset():], s.pseudo)) == 0xffff
+	src, dst := s.id.RemoteAddress, s.id.LocalAddress // s arrived: Local is the destination
+	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(s.tcp)))
+	return s.tcp.CalculateChecksum(checksum.Checksum(s.tcp[s.tcp.DataOffset():], pseudo)) == 0xffff
+}
+
+// peekTCP reads, without parsing anything else, the destination port and
+// the flags of an unfragmented IPv4 or IPv6 packet carrying TCP: all the
+// gate needs to know that a packet is none of its business.
+func peekTCP(b []byte) (dport uint16, flags header.TCPFlags, ok bool) {
+	if len(b) < header.IPv4MinimumSize {
+		return 0, 0, false
+	}
+	var l4 []byte
+	switch b[0] >> 4 {
+	case 4:
+		hl := int(b[0]&0xf) * 4
+		if b[9] != uint8(header.TCPProtocolNumber) || binary.BigEndian.Uint16(b[6:])&0x3fff != 0 || len(b) < hl+header.TCPMinimumSize {
+			return 0, 0, false // not TCP, or a fragment: parse decides
+		}
+		l4 = b[hl:]
+	case 6:
+		if len(b) < header.IPv6MinimumSize+header.TCPMinimumSize || b[6] != uint8(header.TCPProtocolNumber) {
+			return 0, 0, false
+		}
+		l4 = b[header.IPv6MinimumSize:]
+	default:
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint16(l4[2:]), header.TCPFlags(l4[13]), true
 }
 
 // seqLen is the sequence space s takes: its payload, plus one each for SYN

@@ -61,54 +61,65 @@ func closeAll(l net.Listener) (done chan struct{}) {
 // BenchmarkSetup measures connection setup on the in-process network: the
 // same client host dials, with the same loop, a listener of this package
 // (impl=backlog, the "linux" personality, every SYN and final ACK through
-// the gate) and gVisor's own listening endpoint on another port of the same
-// server host, which is the baseline; impl=kernel is the host kernel on
-// loopback, for reference, and impl=gvisor a second gVisor listener, which
-// shows the method's own noise. Each connection is dialled, accepted and
-// closed by the server, and reset by the client once it reads the end, so
-// nothing lingers in TIME-WAIT.
+// the gate) and the baseline, gVisor's own listening endpoint on a host
+// without a gate: its NIC sits on the network's link directly, so no packet
+// of it passes through this package (newHostGated with gated false).
+// impl=gvisor-ungated is a second listener of that host, which shows the
+// method's own noise; impl=gvisor-gated gVisor's own listener on the gated
+// host, which pays what the gate costs a packet it lets by; impl=kernel
+// the host kernel on loopback, for reference. Each connection is dialled,
+// accepted and closed by the server, and reset by the client once it reads
+// the end, so nothing lingers in TIME-WAIT.
 //
 // The candidate and the baseline take turns, setupChunk connections at a
 // time, so that whatever else the machine does falls on both: ratio is the
-// baseline's time over the candidate's. The rest is the candidate's alone:
-// conn/s (and ns/op), connect() time percentiles (p50-us, p99-us, from Dial
-// to its return) and the CPU time of the whole process per connection
-// (cpu-us/conn: client, network and server together, from getrusage).
+// baseline's time over the candidate's, cpu-ratio the candidate's CPU per
+// connection over the baseline's (the whole process's, client, network and
+// server together, from getrusage), p99-ratio its connect() p99 over the
+// baseline's. The rest is the candidate's alone: conn/s (and ns/op),
+// connect() time percentiles (p50-us, p99-us, from Dial to its return) and
+// cpu-us/conn.
 func BenchmarkSetup(b *testing.B) {
-	_, srv, cli := pair(b, nil)
+	n, srv, cli := pair(b, nil)
+	bare, err := n.newHost(false) // 198.18.0.3 and fdb1:ac6::3, as srv has two
+
+	if err != nil {
+		b.Fatal(err)
+	}
 	gated := listen(b, srv, "linux", benchBacklog)
-	native := nativeListen(b, srv, 81, benchBacklog)
-	twin := nativeListen(b, srv, 82, benchBacklog)
+	native := nativeListen(b, bare, 80, benchBacklog)
+	twin := nativeListen(b, bare, 81, benchBacklog)
+	onGated := nativeListen(b, srv, 81, benchBacklog)
 	kl, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	var done []chan struct{}
-	for _, l := range []net.Listener{gated, native, twin, kl} {
+	for _, l := range []net.Listener{gated, native, twin, onGated, kl} {
 		done = append(done, closeAll(l))
 	}
 	b.Cleanup(func() {
-		kl.Close()
-		gated.Close()
-		native.Close()
-		twin.Close()
+		for _, l := range []net.Listener{kl, gated, native, twin, onGated} {
+			l.Close()
+		}
 		for _, d := range done {
 			<-d
 		}
 	})
 
-	netstackDial := func(port string) dialFunc {
-		return func(ctx context.Context) (net.Conn, error) { return cli.Dial(ctx, "tcp", serverAddr+":"+port) }
+	netstackDial := func(addr string) dialFunc {
+		return func(ctx context.Context) (net.Conn, error) { return cli.Dial(ctx, "tcp", addr) }
 	}
 	var d net.Dialer
 	kaddr := kl.Addr().String()
-	baseline := netstackDial("81")
+	baseline := netstackDial("198.18.0.3:80")
 	cases := []struct {
 		name string
 		dial dialFunc
 	}{
-		{"impl=gvisor", netstackDial("82")},
-		{"impl=backlog", netstackDial("80")},
+		{"impl=gvisor-ungated", netstackDial("198.18.0.3:81")},
+		{"impl=gvisor-gated", netstackDial(serverAddr + ":81")},
+		{"impl=backlog", netstackDial(serverAddr + ":80")},
 		{"impl=kernel", func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp4", kaddr) }},
 	}
 	for _, tc := range cases {
@@ -130,8 +141,8 @@ const (
 // turns, and reports cand's throughput, connect-time percentiles and CPU
 // per connection, and its throughput over base's.
 func benchSetup(b *testing.B, cand, base dialFunc) {
-	var candTime, baseTime, candCPU time.Duration
-	var times []time.Duration
+	var candTime, baseTime, candCPU, baseCPU time.Duration
+	var times, baseTimes []time.Duration
 	b.ResetTimer()
 	for done, turn := 0, 0; done < b.N; turn++ {
 		n := min(setupChunk, b.N-done)
@@ -139,8 +150,9 @@ func benchSetup(b *testing.B, cand, base dialFunc) {
 		// the other.
 		for i := range 2 {
 			if (i+turn)%2 == 0 {
-				d, _, _ := setupTurn(b, base, n)
-				baseTime += d
+				d, cpu, ts := setupTurn(b, base, n)
+				baseTime, baseCPU = baseTime+d, baseCPU+cpu
+				baseTimes = append(baseTimes, ts...)
 			} else {
 				d, cpu, ts := setupTurn(b, cand, n)
 				candTime, candCPU = candTime+d, candCPU+cpu
@@ -151,13 +163,18 @@ func benchSetup(b *testing.B, cand, base dialFunc) {
 	}
 	b.StopTimer()
 	slices.Sort(times)
+	slices.Sort(baseTimes)
 	b.ReportMetric(float64(candTime.Nanoseconds())/float64(b.N), "ns/op")
 	b.ReportMetric(float64(b.N)/candTime.Seconds(), "conn/s")
 	b.ReportMetric(float64(candCPU.Microseconds())/float64(b.N), "cpu-us/conn")
 	b.ReportMetric(baseTime.Seconds()/candTime.Seconds(), "ratio")
+	if baseCPU > 0 {
+		b.ReportMetric(candCPU.Seconds()/baseCPU.Seconds(), "cpu-ratio")
+	}
 	if len(times) > 0 {
 		b.ReportMetric(float64(percentile(times, 50).Nanoseconds())/1e3, "p50-us")
 		b.ReportMetric(float64(percentile(times, 99).Nanoseconds())/1e3, "p99-us")
+		b.ReportMetric(float64(percentile(times, 99))/float64(percentile(baseTimes, 99)), "p99-ratio")
 	}
 }
 

@@ -50,9 +50,9 @@ func netstackTransport() tr { return tr{"netstack", transport.Config{Transport: 
 // kernel's own rules apply to the host's personality.
 func kernelTransport(emulate bool) tr {
 	if emulate {
-		return tr{"kernel-emulated", transport.Config{Transport: transport.Kernel, Emulate: true}}
+		return tr{"kernel-emulated", transport.Config{Transport: transport.Kernel, Emulate: true, Emulation: kernel.EmulateAfterAccept}}
 	}
-	return tr{"kernel", transport.Config{Transport: transport.Kernel}}
+	return tr{"kernel", transport.Config{Transport: transport.Kernel, Emulation: kernel.EmulateAfterAccept}}
 }
 
 // start opens a listener with p and a backlog of n.

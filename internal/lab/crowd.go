@@ -13,7 +13,8 @@ import (
 
 // A crowd is a set of clients connecting to one place, one after another,
 // and what each met: every client ends in exactly one of connected,
-// refused and timed out; a connected one may then be reset.
+// refused, timed out, failed and unfinished; a connected one may then be
+// reset.
 type crowd struct {
 	dial    func(ctx context.Context) (net.Conn, error)
 	n       int
@@ -35,14 +36,16 @@ func newCrowd(n int, arrival, timeout time.Duration, dial func(context.Context) 
 	return c
 }
 
-// start launches the clients; they stop when ctx ends.
+// start launches the clients; they stop when ctx ends. A client that
+// ctx stops before its connect has an answer is unfinished, not timed
+// out: it was not given its time.
 func (c *crowd) start(ctx context.Context) {
 	for i := 0; i < c.n; i++ {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
 			if !sleep(ctx, time.Duration(i)*c.arrival) {
-				c.record(0, context.Canceled)
+				c.record(0, errUnfinished)
 				return
 			}
 			c.client(ctx)
@@ -50,12 +53,21 @@ func (c *crowd) start(ctx context.Context) {
 	}
 }
 
+// errUnfinished marks a connect that was stopped, or never started,
+// because the run ended first.
+var errUnfinished = errors.New("unfinished")
+
 func (c *crowd) client(ctx context.Context) {
 	dctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	t0 := time.Now()
 	conn, err := c.dial(dctx)
-	c.record(time.Since(t0), err)
+	took := time.Since(t0)
+	if err != nil && ctx.Err() != nil && !errors.Is(dctx.Err(), context.DeadlineExceeded) {
+		// Stopped from outside before the client's own deadline.
+		err = errUnfinished
+	}
+	c.record(took, err)
 	if err != nil {
 		return
 	}
@@ -75,7 +87,9 @@ func isReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE)
 }
 
-// record counts the outcome of one client's connect.
+// record counts the outcome of one client's connect. A reset during
+// connect() (the handshake completed, then a reset came before connect
+// returned) counts as connected and reset, with no connect time.
 func (c *crowd) record(took time.Duration, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -85,10 +99,18 @@ func (c *crowd) record(took time.Duration, err error) {
 		c.counts.Connected++
 		c.times = append(c.times, took)
 		return
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, context.Canceled):
+	case errors.Is(err, errUnfinished):
+		c.counts.Unfinished++
+		return
+	case isReset(err):
+		c.counts.Connected++
+		c.counts.Reset++
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.ETIMEDOUT):
 		c.counts.TimedOut++
-	default:
+	case errors.Is(err, syscall.ECONNREFUSED):
 		c.counts.Refused++
+	default:
+		c.counts.Failed++
 	}
 	c.errs[errName(err)]++
 }
@@ -135,8 +157,6 @@ func errName(err error) string {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
-	case errors.Is(err, context.Canceled):
-		return "canceled"
 	case errors.As(err, &errno):
 		return errnoName(errno)
 	}

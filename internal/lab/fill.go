@@ -9,7 +9,9 @@ import (
 // FillConfig describes clients filling someone's queue.
 type FillConfig struct {
 	// Network and Address say where to connect ("tcp", "127.0.0.1:8080").
-	Network, Address string
+	// Target, if not empty, is what the user named (a host name and port),
+	// Address what it resolved to.
+	Network, Address, Target string
 	// Clients is how many clients connect.
 	Clients int
 	// Arrival is the time between one client's start and the next's.
@@ -23,17 +25,24 @@ type FillConfig struct {
 	Progress func(Progress)
 }
 
-// FillResult is what the clients met. Its keys are the lab's.
+// FillResult is what the clients met. Its keys are the lab's; the
+// application's side (accepted) is not seen from here.
 type FillResult struct {
-	Target     string         `json:"target"`
-	Clients    int            `json:"clients"`
-	Connected  int            `json:"connected"`
-	Refused    int            `json:"refused"`
-	Reset      int            `json:"reset"`
-	TimedOut   int            `json:"timed_out"`
-	ConnectMS  Percentiles    `json:"connect_ms"`
-	Errors     map[string]int `json:"errors,omitempty"`
-	DurationMS float64        `json:"duration_ms"`
+	Target string `json:"target"`
+	// Address is the address the clients connect to: Target's host
+	// resolved.
+	Address     string         `json:"address"`
+	Interrupted bool           `json:"interrupted"`
+	Clients     int            `json:"clients"`
+	Connected   int            `json:"connected"`
+	Refused     int            `json:"refused"`
+	Reset       int            `json:"reset"`
+	TimedOut    int            `json:"timed_out"`
+	Failed      int            `json:"failed"`
+	Unfinished  int            `json:"unfinished"`
+	ConnectMS   Percentiles    `json:"connect_ms"`
+	Errors      map[string]int `json:"errors,omitempty"`
+	DurationMS  float64        `json:"duration_ms"`
 	// ConnectTimes lists every connected client's connect time.
 	ConnectTimes []time.Duration `json:"-"`
 }
@@ -46,13 +55,14 @@ func Fill(ctx context.Context, cfg FillConfig) FillResult {
 	c := newCrowd(cfg.Clients, cfg.Arrival, cfg.Timeout, func(ctx context.Context) (net.Conn, error) {
 		return d.DialContext(ctx, cfg.Network, cfg.Address)
 	})
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	c.start(ctx)
 	tick := time.NewTicker(100 * time.Millisecond)
 	var resolvedAt time.Time
 	report := func(done bool) {
 		if cfg.Progress != nil {
-			cfg.Progress(Progress{Personality: cfg.Address, Elapsed: time.Since(start), Counts: c.snapshot(), Done: done})
+			cfg.Progress(Progress{Personality: cfg.Target, Elapsed: time.Since(start), Counts: c.snapshot(), Done: done})
 		}
 	}
 	for resolvedAt.IsZero() || time.Since(resolvedAt) < cfg.Hold {
@@ -72,9 +82,15 @@ func Fill(ctx context.Context, cfg FillConfig) FillResult {
 	c.finish()
 	counts, times, errs := c.outcome()
 	report(true)
+	target := cfg.Target
+	if target == "" {
+		target = cfg.Address
+	}
 	return FillResult{
-		Target: cfg.Address, Clients: counts.Clients, Connected: counts.Connected,
+		Target: target, Address: cfg.Address, Interrupted: parent.Err() != nil,
+		Clients: counts.Clients, Connected: counts.Connected,
 		Refused: counts.Refused, Reset: counts.Reset, TimedOut: counts.TimedOut,
+		Failed: counts.Failed, Unfinished: counts.Unfinished,
 		ConnectMS: percentiles(times), Errors: errs, DurationMS: ms(time.Since(start)),
 		ConnectTimes: times,
 	}

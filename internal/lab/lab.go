@@ -6,6 +6,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/transport"
+	"github.com/backlog-dev/backlog/kernel"
 )
 
 // Config describes one run.
@@ -26,6 +28,9 @@ type Config struct {
 	// default, in process) or transport.Kernel (this host's kernel, on
 	// loopback).
 	Transport string
+	// Emulation, on the kernel transport, says how an emulated
+	// personality is followed (kernel.ListenConfig.Emulation).
+	Emulation kernel.Emulation
 	// Backlog is the backlog requested with listen().
 	Backlog int
 	// Clients is how many clients connect. Zero means three times the
@@ -98,11 +103,12 @@ type Progress struct {
 	Elapsed     time.Duration
 	Counts
 	Queue    int
-	HalfOpen int
+	Capacity int
 	Done     bool
 }
 
-// Counts is what the clients met so far.
+// Counts is what the clients met so far. Every client ends in exactly one
+// of Connected, Refused, TimedOut, Failed and Unfinished.
 type Counts struct {
 	// Clients is how many clients take part.
 	Clients int `json:"clients"`
@@ -110,14 +116,26 @@ type Counts struct {
 	Connected int `json:"connected"`
 	// Accepted counts connected clients the application accepted.
 	Accepted int `json:"accepted"`
-	// Refused counts clients whose connect failed at once, with an answer
-	// (a RST) or another error.
+	// Refused counts clients whose connect was answered with a reset
+	// (ECONNREFUSED).
 	Refused int `json:"refused"`
-	// Reset counts connected clients whose connection was reset.
+	// Reset counts connected clients whose connection was then reset,
+	// before or after connect() returned.
 	Reset int `json:"reset"`
 	// TimedOut counts clients whose connect got no answer in time.
 	TimedOut int `json:"timed_out"`
+	// Failed counts clients whose connect failed otherwise (no route, no
+	// address, ...): Result.Errors names the errors.
+	Failed int `json:"failed"`
+	// Unfinished counts clients whose connect was still under way, or
+	// not yet started, when the run was stopped: an interruption, or the
+	// run's bound. They were not given their time, so they did not time
+	// out.
+	Unfinished int `json:"unfinished"`
 }
+
+// Answered is how many clients' connects have an outcome.
+func (c Counts) Answered() int { return c.Connected + c.Refused + c.TimedOut + c.Failed }
 
 // Result is what a run found.
 type Result struct {
@@ -127,6 +145,14 @@ type Result struct {
 	Backlog          int    `json:"backlog"`
 	Capacity         int    `json:"capacity"`
 	Accept           string `json:"accept"`
+	// Emulated is set on the kernel transport when the personality is
+	// emulated rather than the kernel's own, and Emulation says how
+	// (package kernel says what each way reproduces).
+	Emulated  bool          `json:"emulated"`
+	Emulation EmulationMode `json:"emulation"`
+	// Interrupted is set when the run was stopped from outside before it
+	// ended: what it holds is what had happened by then.
+	Interrupted bool `json:"interrupted"`
 	Counts
 	// Waiting counts connected clients still neither accepted nor reset
 	// at the end.
@@ -150,27 +176,52 @@ type Result struct {
 	Timeline []Sample `json:"timeline,omitempty"`
 	// ConnectTimes lists every connected client's connect time.
 	ConnectTimes []time.Duration `json:"-"`
+	// Config is what the run was asked to do.
+	Config Config `json:"-"`
 }
 
-// Percentiles of a set of durations, in milliseconds.
+// EmulationMode is how the kernel transport follows an emulated
+// personality: at the SYN, each SYN decided before the kernel answers it,
+// or after accept(), for the reason in Why.
+type EmulationMode struct {
+	AtSYN bool   `json:"at_syn"`
+	Why   string `json:"why,omitempty"`
+}
+
+// Percentiles of a set of durations, in milliseconds. With Count 0 there
+// is nothing to summarise: the percentiles are unknown, not 0, and JSON
+// has null for them.
 type Percentiles struct {
-	P50 float64 `json:"p50"`
-	P90 float64 `json:"p90"`
-	P99 float64 `json:"p99"`
-	Max float64 `json:"max"`
+	Count int     `json:"count"`
+	P50   float64 `json:"p50"`
+	P90   float64 `json:"p90"`
+	P99   float64 `json:"p99"`
+	Max   float64 `json:"max"`
 }
 
-// Sample is the state at one moment of a run.
+// MarshalJSON writes null for each percentile of an empty set.
+func (p Percentiles) MarshalJSON() ([]byte, error) {
+	if p.Count == 0 {
+		return []byte(`{"count":0,"p50":null,"p90":null,"p99":null,"max":null}`), nil
+	}
+	type plain Percentiles
+	return json.Marshal(plain(p))
+}
+
+// Sample is the state at one moment of a run. HalfOpen is nil where the
+// transport cannot see half-open connections.
 type Sample struct {
 	MS       float64 `json:"ms"`
-	Queue    int     `json:"queue"`
-	HalfOpen int     `json:"half_open"`
+	Queue    int     `json:"queued_now"`
+	HalfOpen *int    `json:"half_open_now"`
+	Capacity int     `json:"capacity"`
 	Counts
 }
 
 // RunAll runs the experiments side by side, as `backlog lab --personality
 // all` does, and returns their results in order, or the first error of one
-// that could not be set up.
+// that could not be set up. When ctx ends first, the results are those of
+// the runs that had started, each marked Interrupted, and the error is nil.
 func RunAll(ctx context.Context, cfgs []Config) ([]Result, error) {
 	results := make([]Result, len(cfgs))
 	errs := make([]error, len(cfgs))
@@ -179,12 +230,16 @@ func RunAll(ctx context.Context, cfgs []Config) ([]Result, error) {
 		wg.Go(func() { results[i], errs[i] = Run(ctx, cfg) })
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
+	var ran []Result
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			ran = append(ran, results[i])
+		case ctx.Err() == nil:
 			return nil, err
 		}
 	}
-	return results, nil
+	return ran, nil
 }
 
 // sampleEvery is the timeline's resolution.
@@ -199,7 +254,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Transport == "" {
 		cfg.Transport = transport.Netstack
 	}
-	srv, err := transport.Open(ctx, transport.Config{Transport: cfg.Transport, Personality: cfg.Personality, Backlog: cfg.Backlog})
+	srv, err := transport.Open(ctx, transport.Config{Transport: cfg.Transport, Personality: cfg.Personality, Backlog: cfg.Backlog, Emulation: cfg.Emulation})
 	if err != nil {
 		return Result{}, err
 	}
@@ -209,7 +264,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Clients = 3 * st.Capacity
 	}
 	r := &run{cfg: cfg, l: srv.Listener, start: time.Now(), crowd: newCrowd(cfg.Clients, cfg.Arrival, cfg.Timeout, srv.Dial)}
-	return r.execute(ctx), nil
+	res := r.execute(ctx)
+	res.Emulated = srv.Emulated
+	if kl, ok := srv.Listener.(*kernel.Listener); ok && srv.Emulated {
+		mode, why := kl.Emulation()
+		res.Emulation = EmulationMode{AtSYN: mode == kernel.EmulateAtSYN, Why: why}
+	}
+	res.Interrupted = ctx.Err() != nil
+	res.Config = cfg
+	return res, nil
 }
 
 type run struct {
@@ -257,7 +320,7 @@ func (r *run) execute(ctx context.Context) Result {
 	app.Wait()
 	res := r.result(final, stats)
 	if r.cfg.Progress != nil {
-		r.cfg.Progress(Progress{Personality: res.Personality, Elapsed: time.Since(r.start), Counts: res.Counts, Queue: final.Queue, HalfOpen: final.HalfOpen, Done: true})
+		r.cfg.Progress(Progress{Personality: res.Personality, Elapsed: time.Since(r.start), Counts: res.Counts, Queue: final.Queue, Capacity: final.Capacity, Done: true})
 	}
 	return res
 }
@@ -280,19 +343,19 @@ func (r *run) watch(ctx context.Context) {
 		s := r.sample(now)
 		if r.cfg.Progress != nil && now.Sub(lastProgress) >= 100*time.Millisecond {
 			lastProgress = now
-			r.cfg.Progress(Progress{Personality: r.cfg.Personality.String(), Elapsed: now.Sub(r.start), Counts: s.Counts, Queue: s.Queue, HalfOpen: s.HalfOpen})
+			r.cfg.Progress(Progress{Personality: r.cfg.Personality.String(), Elapsed: now.Sub(r.start), Counts: s.Counts, Queue: s.Queue, Capacity: s.Capacity})
 		}
 		if !r.crowd.allResolved() || !r.relistened() {
 			continue
 		}
-		if s.Counts != last.Counts || s.Queue != last.Queue || s.HalfOpen != last.HalfOpen {
+		if s.Counts != last.Counts || s.Queue != last.Queue || deref(s.HalfOpen) != deref(last.HalfOpen) {
 			last, quietSince = s, now
 		}
 		// Nothing more will be accepted once every connected client was,
 		// or nothing is left in the queue: a client may believe it is
 		// connected while the server holds nothing for it (a SYN-cookie
 		// ACK dropped on a full queue).
-		takenAll := r.cfg.Accept.Never || s.Connected == s.Accepted+s.Reset || (s.Queue == 0 && s.HalfOpen == 0)
+		takenAll := r.cfg.Accept.Never || s.Connected == s.Accepted+s.Reset || (s.Queue == 0 && deref(s.HalfOpen) == 0)
 		if takenAll && now.Sub(quietSince) >= 200*time.Millisecond {
 			return
 		}
@@ -384,7 +447,11 @@ func (r *run) sample(now time.Time) Sample {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	counts.Accepted = r.accepted
-	s := Sample{MS: ms(now.Sub(r.start)), Queue: st.Len, HalfOpen: st.HalfOpen, Counts: counts}
+	s := Sample{MS: ms(now.Sub(r.start)), Queue: st.Len, Capacity: st.Capacity, Counts: counts}
+	if st.Observed(backlog.StatHalfOpen) {
+		h := st.HalfOpen
+		s.HalfOpen = &h
+	}
 	r.timeline = append(r.timeline, s)
 	return s
 }
@@ -415,6 +482,13 @@ func (r *run) result(final Sample, st backlog.Stats) Result {
 	return res
 }
 
+func deref(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
 func ms(d time.Duration) float64 { return math.Round(float64(d)/1e4) / 100 }
 
 // percentiles returns the nearest-rank percentiles of ds.
@@ -428,5 +502,5 @@ func percentiles(ds []time.Duration) Percentiles {
 		i := int(math.Ceil(p/100*float64(len(s)))) - 1
 		return ms(s[max(i, 0)])
 	}
-	return Percentiles{P50: rank(50), P90: rank(90), P99: rank(99), Max: ms(s[len(s)-1])}
+	return Percentiles{Count: len(s), P50: rank(50), P90: rank(90), P99: rank(99), Max: ms(s[len(s)-1])}
 }

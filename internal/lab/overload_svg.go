@@ -11,7 +11,7 @@ import (
 )
 
 // overloadRowH is the height of one experiment's row of charts.
-const overloadRowH = marginT + panelH + marginB + 30
+const overloadRowH = marginT + chartH + marginB + 30
 
 // WriteOverloadSVG draws each experiment as a row of three charts: the
 // answers clients received per second over time, with the application's
@@ -22,7 +22,7 @@ const overloadRowH = marginT + panelH + marginB + 30
 // its runs'.
 func WriteOverloadSVG(w io.Writer, results []OverloadResult) error {
 	bw := bufio.NewWriter(w)
-	width := 3*(marginL+panelW) + legendW + 20
+	width := 3*(marginL+chartW) + legendW + 20
 	height := max(1, len(results)) * overloadRowH
 	fmt.Fprintf(bw, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	fmt.Fprintf(bw, `<rect width="%d" height="%d" fill="white"/>`+"\n", width, height)
@@ -50,16 +50,16 @@ func overloadRow(w io.Writer, r OverloadResult) {
 
 	x0 := marginL
 	axes(w, x0, "Answers received per second"+load, "time (ms); rates over 500 ms", "answers / s", xt, yt)
-	capY := float64(marginT) + (1-r.CapacityPerSec/maxY)*panelH
+	capY := float64(marginT) + (1-r.CapacityPerSec/maxY)*chartH
 	fmt.Fprintf(w, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#444" stroke-dasharray="6 4"><title>capacity %.0f/s</title></line>`+"\n",
-		x0, capY, x0+panelW, capY, r.CapacityPerSec)
-	fmt.Fprintf(w, `<text x="%d" y="%.1f" text-anchor="end" fill="#444">capacity</text>`+"\n", x0+panelW-4, capY-4)
+		x0, capY, x0+chartW, capY, r.CapacityPerSec)
+	fmt.Fprintf(w, `<text x="%d" y="%.1f" text-anchor="end" fill="#444">capacity</text>`+"\n", x0+chartW-4, capY-4)
 	for i, run := range firsts {
 		polyline(w, x0, rates(run.Timeline, maxT, maxY, func(s OverloadSample) float64 { return s.AnsweredPerSec }),
 			palette[i%len(palette)], run.Policy+" answers")
 	}
 
-	x1 := 2*marginL + panelW
+	x1 := 2*marginL + chartW
 	axes(w, x1, "Work wasted on clients gone"+load, "time (ms); rates over 500 ms", "requests served too late / s", xt, yt)
 	for i, run := range firsts {
 		polyline(w, x1, rates(run.Timeline, maxT, maxY, func(s OverloadSample) float64 { return s.WastedPerSec }),
@@ -69,7 +69,7 @@ func overloadRow(w io.Writer, r OverloadResult) {
 	// Latency of the answered, log scale from 1 ms to the give-up time.
 	lo, hi := 1.0, math.Max(10, r.GiveUpMS)
 	hi = math.Pow(10, math.Ceil(math.Log10(hi)))
-	x2 := 3*marginL + 2*panelW
+	x2 := 3*marginL + 2*chartW
 	axes(w, x2, "Latency of the answered"+load, "ms from the client's start (log scale)", "share of answered clients",
 		logTicks(lo, hi), linearTicks(0, 1))
 	for _, p := range r.Summary {
@@ -82,7 +82,7 @@ func overloadRow(w io.Writer, r OverloadResult) {
 		polyline(w, x2, cdfPoints(ds, lo, hi), palette[policyIndex(firsts, p.Policy)%len(palette)], p.Policy+" latency")
 	}
 
-	lx := 3*(marginL+panelW) + 20
+	lx := 3*(marginL+chartW) + 20
 	for i, run := range firsts {
 		y := marginT + 10 + i*36
 		label := run.Policy

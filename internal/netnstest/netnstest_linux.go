@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -40,18 +41,47 @@ func requireNetns(t testing.TB) {
 	}
 }
 
-var seq atomic.Int32
+var (
+	seq   atomic.Int32
+	sweep sync.Once
+)
 
 // New makes a network namespace with its loopback up, removed when the test
-// ends, and returns its name. Without root or ip it skips the test.
+// ends, and returns its name. Without root or ip it skips the test. The
+// first call of a process also removes the namespaces that test processes
+// which died without cleaning up (killed by a timeout, say) left behind:
+// those whose name carries the PID of a process that no longer runs.
 func New(t testing.TB) string {
 	t.Helper()
 	requireNetns(t)
+	sweep.Do(removeStale)
 	name := fmt.Sprintf("backlog-test-%d-%d", os.Getpid(), seq.Add(1))
 	Run(t, "ip", "netns", "add", name)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
 	Run(t, "ip", "-n", name, "link", "set", "lo", "up")
 	return name
+}
+
+// removeStale removes the namespaces named for a test process that is gone.
+func removeStale() {
+	entries, err := os.ReadDir("/var/run/netns")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), "backlog-test-")
+		if !ok {
+			continue
+		}
+		pid, _, ok := strings.Cut(rest, "-")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil || n == os.Getpid() {
+			continue
+		}
+		if unix.Kill(n, 0) == unix.ESRCH {
+			exec.Command("ip", "netns", "del", e.Name()).Run()
+		}
+	}
 }
 
 // Run runs a command and fails the test if it fails.

@@ -52,6 +52,9 @@ type Config struct {
 	// Emulate, for Kernel, emulates the personality even when it is the
 	// host's own.
 	Emulate bool
+	// Emulation, for Kernel, says how an emulated personality is
+	// followed: kernel.ListenConfig.Emulation.
+	Emulation kernel.Emulation
 	// ReusePort, for Kernel, sets SO_REUSEPORT.
 	ReusePort bool
 	// Overload is the listener's overload policy (backlog.Overload); the
@@ -127,7 +130,7 @@ func openKernel(ctx context.Context, cfg Config) (*Server, error) {
 	if network == "" {
 		network = "tcp"
 	}
-	lc := kernel.ListenConfig{Backlog: backlog.Exactly(cfg.Backlog), ReusePort: cfg.ReusePort, Logger: cfg.Logger, Overload: cfg.Overload}
+	lc := kernel.ListenConfig{Backlog: backlog.Exactly(cfg.Backlog), ReusePort: cfg.ReusePort, Logger: cfg.Logger, Emulation: cfg.Emulation, Overload: cfg.Overload}
 	emulated := cfg.Emulate || Emulates(cfg.Personality)
 	if emulated {
 		lc.Personality = cfg.Personality

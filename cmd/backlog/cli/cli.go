@@ -8,19 +8,29 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"regexp"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"text/tabwriter"
+	"time"
+
+	gvlog "gvisor.dev/gvisor/pkg/log"
 )
 
 // A command is one subcommand: its name, a line for the command list, and
-// the function that runs it.
+// setup, which declares the command's flags and returns them with the
+// function that runs the command once they are parsed.
 type command struct {
 	name  string
 	short string
-	usage string
-	run   func(ctx context.Context, e *env, args []string) error
+	setup func() (*flags, runFunc)
+	// variants are experiments of a command with flags of their own,
+	// each chosen by a switch of that name: `lab --overload`.
+	variants map[string]func() (*flags, runFunc)
 }
+
+// runFunc runs a command with its positional arguments.
+type runFunc func(ctx context.Context, e *env, args []string) error
 
 // env carries what every command writes to.
 type env struct {
@@ -29,15 +39,32 @@ type env struct {
 
 func commands() []command {
 	return []command{
-		{"lab", "watch a listen queue at work, on any system's rules", labUsage, runLab},
-		{"probe", "learn what this host's kernel does with the backlog", probeUsage, runProbe},
-		{"top", "every listening TCP socket of this host, live", topUsage, runTop},
-		{"exporter", "Prometheus metrics for every listen queue of this host", exporterUsage, runExporter},
-		{"serve", "a real server with the backlog you choose, its queue shown", serveUsage, runServe},
-		{"fill", "open many connections to an address and see what each meets", fillUsage, runFill},
-		{"explain", "what listen(BACKLOG) becomes on each system", explainUsage, runExplain},
-		{"personalities", "every system's listen() rules", personalitiesUsage, runPersonalities},
+		{name: "lab", short: "watch a listen queue at work: any system's rules, overload", setup: labCommand,
+			variants: map[string]func() (*flags, runFunc){"overload": labOverloadCommand}},
+		{name: "probe", short: "learn what this host's kernel does with the backlog", setup: probeCommand},
+		{name: "top", short: "every listening TCP socket of this host, live", setup: topCommand},
+		{name: "exporter", short: "Prometheus metrics for every listen queue of this host", setup: exporterCommand},
+		{name: "serve", short: "a real server with the backlog you choose, its queue shown", setup: serveCommand},
+		{name: "shape", short: "put a listener of this host under another system's rules at the SYN", setup: shapeCommand},
+		{name: "fill", short: "open many connections to an address and see what each meets", setup: fillCommand},
+		{name: "explain", short: "what listen(BACKLOG) becomes on each system", setup: explainCommand},
+		{name: "personalities", short: "every system's listen() rules", setup: personalitiesCommand},
 	}
+}
+
+// variant returns the setup of the variant args choose with its switch,
+// or the command's own.
+func (c command) variant(args []string) func() (*flags, runFunc) {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name, value, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if setup, ok := c.variants[name]; ok && strings.HasPrefix(a, "-") && (value == "" || value == "true") {
+			return setup
+		}
+	}
+	return c.setup
 }
 
 // UsageError is a misuse of the command: the command exits with status 2
@@ -68,10 +95,21 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "help", "-h", "-help", "--help":
 		return help(e, cmds, args[1:])
+	case "version", "-version", "--version":
+		fmt.Fprintln(e.stdout, versionLine())
+		return nil
 	}
 	for _, c := range cmds {
 		if c.name == args[0] {
-			return c.run(ctx, e, args[1:])
+			f, run := c.variant(args[1:])()
+			rest, err := f.parse(e, args[1:])
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			return run(ctx, e, rest)
 		}
 	}
 	return usagef("", "unknown command %q; commands: %s", args[0], strings.Join(names, ", "))
@@ -82,6 +120,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // has said what it did by then), 1 on any other failure. Errors are
 // printed to stderr on one line.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	// gVisor logs what its stack could not process to stderr, in the
+	// middle of a live view; what matters of it is counted already.
+	gvlog.SetTarget(quiet{})
 	err := Run(ctx, args, stdout, stderr)
 	if err == nil {
 		return 0
@@ -102,7 +143,8 @@ func help(e *env, cmds []command, args []string) error {
 	if len(args) > 0 {
 		for _, c := range cmds {
 			if c.name == args[0] {
-				fmt.Fprint(e.stdout, c.usage)
+				f, _ := c.setup()
+				f.usage(e.stdout)
 				return nil
 			}
 		}
@@ -118,62 +160,44 @@ func help(e *env, cmds []command, args []string) error {
 	}
 	tw.Flush()
 	fmt.Fprintln(e.stdout)
-	fmt.Fprintln(e.stdout, `Run "backlog help COMMAND" for a command's flags.`)
+	fmt.Fprintln(e.stdout, `Run "backlog help COMMAND" for a command's flags, "backlog --version" for the`)
+	fmt.Fprintln(e.stdout, "version. Misuse exits with status 2, an interrupted command with 130.")
 	return nil
 }
 
-var negativeNumber = regexp.MustCompile(`^-[0-9]+$`)
+// quiet is a gVisor log target that drops everything.
+type quiet struct{}
 
-// parseFlags parses args with fs and returns the positional arguments.
-// Unlike fs.Parse, it accepts flags after positional arguments, and takes
-// negative numbers ("-1") as positional arguments, since a backlog may be
-// negative. "--" ends the flags. -h prints usage and returns flag.ErrHelp.
-func parseFlags(e *env, fs *flag.FlagSet, usage string, args []string) ([]string, error) {
-	fs.SetOutput(io.Discard)
-	var flags, positional []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--":
-			positional = append(positional, args[i+1:]...)
-			i = len(args)
-		case negativeNumber.MatchString(a) || !strings.HasPrefix(a, "-") || a == "-":
-			positional = append(positional, a)
-		default:
-			flags = append(flags, a)
-			name := strings.TrimLeft(a, "-")
-			if strings.Contains(name, "=") {
-				continue
-			}
-			if f := fs.Lookup(name); f != nil && !isBool(f) && i+1 < len(args) {
-				i++
-				flags = append(flags, args[i])
+func (quiet) Emit(int, gvlog.Level, time.Time, string, ...any) {}
+
+// versionLine says which build this is, from the build information the Go
+// toolchain records in the binary: the module version (or "devel"), the
+// VCS revision and time when the build had them, and the Go version.
+func versionLine() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "backlog (no build information)"
+	}
+	version := bi.Main.Version
+	if version == "" || version == "(devel)" {
+		version = "devel"
+	}
+	var rev, at, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			at = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = ", modified"
 			}
 		}
 	}
-	if err := fs.Parse(flags); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(e.stdout, usage)
-			return nil, err
-		}
-		return nil, usagef(fs.Name(), "%v; flags: %s", err, flagNames(fs))
+	line := "backlog " + version
+	if rev != "" {
+		line += fmt.Sprintf(" (revision %.12s%s, %s)", rev, dirty, at)
 	}
-	return positional, nil
+	return line + ", " + bi.GoVersion + " " + runtime.GOOS + "/" + runtime.GOARCH
 }
-
-func isBool(f *flag.Flag) bool {
-	b, ok := f.Value.(interface{ IsBoolFlag() bool })
-	return ok && b.IsBoolFlag()
-}
-
-func flagNames(fs *flag.FlagSet) string {
-	var names []string
-	fs.VisitAll(func(f *flag.Flag) { names = append(names, "--"+f.Name) })
-	return strings.Join(names, ", ")
-}
-
-// listFlag is a flag that may be repeated.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, " ") }
-func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }

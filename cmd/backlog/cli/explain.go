@@ -2,33 +2,12 @@ package cli
 
 import (
 	"context"
-	"flag"
-	"fmt"
 	"math"
-	"regexp"
 	"strconv"
-	"strings"
-	"text/tabwriter"
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/transport"
 )
-
-const explainUsage = `Usage: backlog explain [--personality NAME|all]... [--json] BACKLOG...
-       backlog explain --defaults [--personality NAME|all]... [--json]
-
-Shows what listen(BACKLOG) becomes: the backlog each system stores, how many
-completed connections can then wait, what a connection meets when the queue
-is full, and what listen() again does. BACKLOG is an integer (negative ones
-too), SOMAXCONN (each system's own value), or SOMAXCONN_HINT(N) (Windows).
-
-  --personality NAME   a system (repeatable; "all" is the default); NAME may
-                       carry parameters: linux:somaxconn=128,syncookies=0
-  --defaults           instead of BACKLOG: the backlog other software passes
-                       when its user chooses none (Go, Python, nginx, Java…),
-                       under this host's rules unless --personality says
-  --json               print a JSON array, one object per system and backlog
-`
 
 // request is one BACKLOG argument: a number, or SOMAXCONN, whose value
 // depends on the personality.
@@ -44,26 +23,12 @@ func (r request) value(p backlog.Personality) int {
 	return r.n
 }
 
-var hintArg = regexp.MustCompile(`^(?i)SOMAXCONN_HINT\(([0-9]+)\)$`)
-
-func parseRequest(s string) (request, error) {
-	if strings.EqualFold(s, "SOMAXCONN") {
-		return request{somaxconn: true}, nil
+// String returns the request as it was given: "5", "SOMAXCONN".
+func (r request) String() string {
+	if r.somaxconn {
+		return "SOMAXCONN"
 	}
-	if m := hintArg.FindStringSubmatch(s); m != nil {
-		n, err := strconv.Atoi(m[1])
-		if err == nil {
-			return request{n: backlog.SomaxconnHint(n)}, nil
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		return request{}, usagef("explain", "%q is not a backlog; give an integer, SOMAXCONN or SOMAXCONN_HINT(N)", s)
-	}
-	if n > math.MaxInt || n < math.MinInt {
-		return request{}, usagef("explain", "%q is out of range", s)
-	}
-	return request{n: int(n)}, nil
+	return strconv.Itoa(r.n)
 }
 
 type explainJSON struct {
@@ -78,44 +43,52 @@ type explainJSON struct {
 	Relisten       string `json:"relisten"`
 }
 
-func runExplain(_ context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
-	var names listFlag
-	fs.Var(&names, "personality", "a system, or all")
-	asJSON := fs.Bool("json", false, "print JSON")
-	defaults := fs.Bool("defaults", false, "other software's defaults")
-	args, err := parseFlags(e, fs, explainUsage, args)
-	if err != nil {
-		return helpIsNotAnError(err)
+func explainCommand() (*flags, runFunc) {
+	f := newFlags("explain", "[flags] BACKLOG...", `
+Shows what listen(BACKLOG) becomes: the backlog each system stores, how many
+completed connections can then wait, what a connection meets when the queue
+is full, and what listen() again does. BACKLOG is an integer (negative ones
+too), SOMAXCONN (each system's own value), or SOMAXCONN_HINT(N) (Windows).
+With --defaults, instead of BACKLOG: the backlog other software passes when
+its user chooses none (Go, Python, nginx, Java...).`)
+	var ps []backlog.Personality
+	var asJSON, defaults bool
+	f.personalityFlag(&ps, `a system, with parameters if it takes any (linux:somaxconn=128); "all" for every one; repeatable`, "all; with --defaults this host's", false)
+	f.switchFlag(&defaults, "defaults", "what other software's default backlog becomes")
+	f.switchFlag(&asJSON, "json", "print a JSON array, one object per system and backlog")
+	return f, func(_ context.Context, e *env, args []string) error {
+		switch {
+		case defaults && len(args) > 0:
+			return usagef("explain", "--defaults takes no BACKLOG; got %q", args[0])
+		case !defaults && len(args) == 0:
+			return usagef("explain", "give at least one BACKLOG: an integer, SOMAXCONN or SOMAXCONN_HINT(N); or --defaults")
+		}
+		if len(ps) == 0 {
+			ps = backlog.All()
+			if defaults {
+				ps = []backlog.Personality{transport.Host()}
+			}
+		}
+		return explain(e, ps, args, defaults, asJSON)
 	}
-	switch {
-	case *defaults && len(args) > 0:
-		return usagef("explain", "--defaults takes no BACKLOG; got %q", args[0])
-	case !*defaults && len(args) == 0:
-		return usagef("explain", "give at least one BACKLOG: an integer, SOMAXCONN or SOMAXCONN_HINT(N); or --defaults")
-	}
-	if *defaults && len(names) == 0 {
-		names = listFlag{transport.Host().String()}
-	}
-	ps, err := resolve("explain", names)
-	if err != nil {
-		return err
-	}
+}
+
+func explain(e *env, ps []backlog.Personality, args []string, defaults, asJSON bool) error {
 	type ask struct {
 		who string
 		r   request
 	}
 	var asks []ask
-	if *defaults {
+	if defaults {
 		for _, d := range backlog.Defaults {
 			// "The host's maximum" is what SOMAXCONN asks for.
 			asks = append(asks, ask{d.Who, request{n: d.Backlog, somaxconn: d.Backlog == math.MaxInt32}})
 		}
 	}
 	for _, a := range args {
-		r, err := parseRequest(a)
+		r, err := parseBacklog(a)
 		if err != nil {
-			return err
+			return usagef("explain", "%q is not a backlog: %v", a, err)
 		}
 		asks = append(asks, ask{r: r})
 	}
@@ -131,20 +104,24 @@ func runExplain(_ context.Context, e *env, args []string) error {
 			})
 		}
 	}
-	if *asJSON {
+	if asJSON {
 		return writeJSON(e, rows)
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	if *defaults {
-		fmt.Fprintln(tw, "SOFTWARE\tPERSONALITY\tREQUESTED\tBACKLOG\tCAN WAIT\tWHEN FULL")
+	width := outputWidth(e.stdout)
+	if defaults {
+		t := &table{cols: []column{{name: "SOFTWARE", wrap: true, min: 10}, {name: "PERSONALITY", wrap: true, min: 10},
+			{name: "REQUESTED", right: true}, {name: "BACKLOG", right: true}, {name: "CAN WAIT", right: true}, {name: "WHEN FULL"}}}
 		for _, r := range rows {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", r.Software, r.Personality, r.Requested, r.Backlog, r.Capacity, r.OnFull)
+			t.add(r.Software, r.Personality, strconv.Itoa(r.Requested), strconv.Itoa(r.Backlog), strconv.Itoa(r.Capacity), r.OnFull)
 		}
-		return tw.Flush()
+		t.write(e.stdout, width)
+		return nil
 	}
-	fmt.Fprintln(tw, "PERSONALITY\tREQUESTED\tBACKLOG\tCAN WAIT\tWHEN FULL\tLISTEN AGAIN")
+	t := &table{cols: []column{{name: "PERSONALITY", wrap: true, min: 10}, {name: "REQUESTED", right: true}, {name: "BACKLOG", right: true},
+		{name: "CAN WAIT", right: true}, {name: "WHEN FULL"}, {name: "LISTEN AGAIN", wrap: true, min: 8}}}
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", r.Personality, r.Requested, r.Backlog, r.Capacity, r.OnFull, r.Relisten)
+		t.add(r.Personality, strconv.Itoa(r.Requested), strconv.Itoa(r.Backlog), strconv.Itoa(r.Capacity), r.OnFull, r.Relisten)
 	}
-	return tw.Flush()
+	t.write(e.stdout, width)
+	return nil
 }

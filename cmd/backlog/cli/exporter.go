@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -21,8 +20,15 @@ import (
 	"github.com/backlog-dev/backlog/metrics"
 )
 
-const exporterUsage = `Usage: backlog exporter [flags]
+type exporterFlags struct {
+	listen    string
+	allNetns  bool
+	noHolders bool
+	once      bool
+}
 
+func exporterCommand() (*flags, runFunc) {
+	fl := newFlags("exporter", "[flags]", `
 Serves Prometheus metrics for every listening TCP socket of this host,
 whoever holds it, at http://ADDR/metrics, until interrupted: each socket's
 queue length, backlog, capacity and drops (sk_drops), each listening
@@ -35,47 +41,28 @@ What it can read depends on its privileges: every socket's figures need
 none; the processes of other users need CAP_SYS_PTRACE and
 CAP_DAC_READ_SEARCH; --all-netns needs CAP_SYS_ADMIN (setns) and, for
 namespaces that only a process holds, CAP_SYS_PTRACE.
-
-  --listen ADDR     where to serve the metrics (default :9469)
-  --all-netns       every network namespace of the host (each container's),
-                    labelled netns; without it, the exporter's own
-  --no-holders      do not scan /proc for the process holding each socket
-                    (the process label is then empty)
-  --once            write one scrape to stdout in the Prometheus text
-                    format and exit, instead of serving
-`
-
-type exporterFlags struct {
-	listen    string
-	allNetns  bool
-	noHolders bool
-	once      bool
+Interrupted, it stops serving and exits with status 130.`)
+	var f exporterFlags
+	fl.addrFlag(&f.listen, "listen", "ADDR", "where to serve the metrics", ":9469", ":9469", true)
+	fl.switchFlag(&f.allNetns, "all-netns", "every network namespace of the host (each container's), labelled netns; without it, the exporter's own")
+	fl.switchFlag(&f.noHolders, "no-holders", "do not scan /proc for the process holding each socket (the process label is then empty)")
+	fl.switchFlag(&f.once, "once", "write one scrape to stdout in the Prometheus text format and exit, instead of serving")
+	return fl, func(ctx context.Context, e *env, args []string) error {
+		if err := fl.onlyFlags(args); err != nil {
+			return err
+		}
+		return runExporter(ctx, e, f)
+	}
 }
 
-func runExporter(ctx context.Context, e *env, args []string) error {
-	var f exporterFlags
-	fs := flag.NewFlagSet("exporter", flag.ContinueOnError)
-	fs.StringVar(&f.listen, "listen", ":9469", "")
-	fs.BoolVar(&f.allNetns, "all-netns", false, "")
-	fs.BoolVar(&f.noHolders, "no-holders", false, "")
-	fs.BoolVar(&f.once, "once", false, "")
-	rest, err := parseFlags(e, fs, exporterUsage, args)
-	if err != nil {
-		return helpIsNotAnError(err)
-	}
-	if len(rest) > 0 {
-		return usagef("exporter", "unexpected argument %q; exporter takes only flags", rest[0])
-	}
-	if _, _, err := net.SplitHostPort(f.listen); err != nil {
-		return usagef("exporter", "--listen %q: give HOST:PORT or :PORT, such as :9469", f.listen)
-	}
+func runExporter(ctx context.Context, e *env, f exporterFlags) error {
 	x := newExporter(metrics.HostConfig{AllNamespaces: f.allNetns, SkipHolders: f.noHolders})
 	if f.once {
 		return x.write(e.stdout)
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
-		return err
+		return fmt.Errorf("--listen %s: %w", f.listen, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", x)

@@ -94,22 +94,6 @@ func TestExporterOnce(t *testing.T) {
 	}
 }
 
-func TestExporterMisuse(t *testing.T) {
-	for _, tt := range []struct {
-		args    []string
-		mention string
-	}{
-		{[]string{"exporter", "--listen", "9469"}, `--listen "9469": give HOST:PORT or :PORT`},
-		{[]string{"exporter", "now"}, `unexpected argument "now"`},
-		{[]string{"exporter", "--frob"}, "flag provided but not defined: -frob; flags: --all-netns, --listen, --no-holders, --once"},
-	} {
-		code, out, errOut := run(t, tt.args...)
-		if code != 2 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tt.mention) || out != "" {
-			t.Errorf("backlog %q: exit %d, stdout %q, stderr %q; want exit 2 and one line mentioning %q", tt.args, code, out, errOut, tt.mention)
-		}
-	}
-}
-
 // waitFor polls cond every few milliseconds until it holds or d passes.
 func waitFor(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)

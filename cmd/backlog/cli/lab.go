@@ -2,13 +2,12 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/backlog-dev/backlog"
@@ -16,42 +15,15 @@ import (
 	"github.com/backlog-dev/backlog/internal/transport"
 )
 
-const labUsage = `Usage: backlog lab [flags]
-
-Shows a listen queue at work: a listener with a system's rules, an
-application that accepts at a chosen pace, and clients that connect, one
-after another; then what each client met. By default everything runs in
-this process on a user-space TCP/IP stack: no root, no ports on this host.
-
-  --personality NAME   the system (default: this host's); "all" runs every
-                       system side by side; repeatable
-  --transport T        netstack (default) or kernel: this host's kernel, on
-                       loopback
-  --backlog N          the backlog passed to listen() (default 5)
-  --clients N          how many clients connect (default: 3 x capacity)
-  --arrival D          time between clients' starts (default 2ms; 0 starts
-                       them together)
-  --accept PACE        none (default), max, or a rate such as 10/s
-  --accept-after D     the application's first accept waits D
-  --relisten D:N       call listen(N) again D after the start (repeatable),
-                       such as 2s:1
-  --timeout D          each client's connect timeout (default 3s)
-  --json               print the results as JSON (an array with several)
-  --timeline           include the queue samples in the JSON
-  --svg FILE           draw queue length over time and connect times
-  --overload           the overload experiment instead: backlog lab --overload -h
-`
-
 // labFlags holds the flags of one lab command.
 type labFlags struct {
-	personalities listFlag
+	personalities []backlog.Personality
 	transport     string
-	backlog       int
+	backlog       request
 	clients       int
 	arrival       time.Duration
-	accept        string
-	acceptAfter   time.Duration
-	relisten      relistenFlag
+	accept        lab.AcceptPolicy
+	relisten      []lab.Relisten
 	timeout       time.Duration
 	json          bool
 	timeline      bool
@@ -61,66 +33,56 @@ type labFlags struct {
 // maxClients bounds a lab's load.
 const maxClients = 20000
 
-func runLab(ctx context.Context, e *env, args []string) error {
-	if wantsOverload(args) {
-		return runLabOverload(ctx, e, args)
-	}
+func labCommand() (*flags, runFunc) {
+	fl := newFlags("lab", "[flags]", `
+Shows a listen queue at work: a listener with a system's rules, an
+application that accepts at a chosen pace, and clients that connect, one
+after another; then what each client met. By default everything runs in
+this process on a user-space TCP/IP stack: no root, no ports on this host.
+Interrupted (Ctrl-C), the lab says what had happened by then and exits with
+status 130.`)
 	var f labFlags
-	fs := flag.NewFlagSet("lab", flag.ContinueOnError)
-	fs.Var(&f.personalities, "personality", "")
-	fs.StringVar(&f.transport, "transport", transport.Netstack, "")
-	fs.IntVar(&f.backlog, "backlog", 5, "")
-	fs.IntVar(&f.clients, "clients", 0, "")
-	fs.DurationVar(&f.arrival, "arrival", 2*time.Millisecond, "")
-	fs.StringVar(&f.accept, "accept", "none", "")
-	fs.DurationVar(&f.acceptAfter, "accept-after", 0, "")
-	fs.Var(&f.relisten, "relisten", "")
-	fs.DurationVar(&f.timeout, "timeout", 3*time.Second, "")
-	fs.BoolVar(&f.json, "json", false, "")
-	fs.BoolVar(&f.timeline, "timeline", false, "")
-	fs.StringVar(&f.svg, "svg", "", "")
-	rest, err := parseFlags(e, fs, labUsage, args)
-	if err != nil {
-		return helpIsNotAnError(err)
-	}
-	if len(rest) > 0 {
-		return usagef("lab", "unexpected argument %q; lab takes only flags", rest[0])
-	}
-	policy, err := parseAccept("lab", f.accept)
-	if err != nil {
-		return err
-	}
-	policy.After = f.acceptAfter
-	switch {
-	case f.transport != transport.Netstack && f.transport != transport.Kernel:
-		return usagef("lab", "unknown transport %q; valid: netstack, kernel", f.transport)
-	case f.clients < 0 || f.clients > maxClients:
-		return usagef("lab", "--clients must be from 1 to %d", maxClients)
-	case f.timeout <= 0 || f.timeout > 10*time.Minute:
-		return usagef("lab", "--timeout must be more than 0 and at most 10m")
-	case f.arrival < 0 || f.acceptAfter < 0:
-		return usagef("lab", "--arrival and --accept-after cannot be negative")
-	}
-	ps := []backlog.Personality{transport.Host()}
-	if len(f.personalities) > 0 {
-		if ps, err = resolve("lab", f.personalities); err != nil {
+	fl.personalityFlag(&f.personalities, `the system whose rules the listener follows; "all" runs every system side by side; repeatable`, "this host's", false)
+	fl.choiceFlag(&f.transport, "transport", "T", "netstack: in this process; kernel: this host's kernel, on loopback, emulating a system that is not the host's", transport.Netstack, transport.Netstack, transport.Kernel)
+	fl.backlogFlag(&f.backlog, "backlog", "the backlog passed to listen(): an integer, SOMAXCONN or SOMAXCONN_HINT(N)", 5)
+	fl.add("clients", "N", fmt.Sprintf("how many clients connect, 1 to %d", maxClients), "3 × what can wait", intValue{&f.clients, 1, maxClients, "a number of clients"})
+	fl.durationFlag(&f.arrival, "arrival", "time between clients' starts; 0 starts them together", 2*time.Millisecond, 0, 10*time.Second)
+	fl.acceptFlags(&f.accept, "none")
+	fl.relistenFlag(&f.relisten)
+	fl.durationFlag(&f.timeout, "timeout", "each client's connect timeout", 3*time.Second, time.Millisecond, 10*time.Minute)
+	fl.switchFlag(&f.json, "json", "print the results as JSON: an array, one object per system")
+	fl.switchFlag(&f.timeline, "timeline", "include the queue samples in the JSON")
+	fl.add("svg", "FILE", "draw each system's queue over time and its clients' outcomes", "", pathValue{&f.svg})
+	var overload bool
+	fl.switchFlag(&overload, "overload", "the overload experiment instead, with flags of its own: backlog lab --overload -h")
+	return fl, func(ctx context.Context, e *env, args []string) error {
+		if err := fl.onlyFlags(args); err != nil {
 			return err
 		}
+		return runLab(ctx, e, f)
+	}
+}
+
+func runLab(ctx context.Context, e *env, f labFlags) error {
+	ps := f.personalities
+	if len(ps) == 0 {
+		ps = []backlog.Personality{transport.Host()}
 	}
 	var svgFile *os.File
 	if f.svg != "" {
+		var err error
 		if svgFile, err = os.Create(f.svg); err != nil {
 			return err
 		}
 		defer svgFile.Close()
 	}
 
-	prog := newProgressView(e, len(ps))
+	prog := newProgressView(e, ps)
 	cfgs := make([]lab.Config, len(ps))
 	for i, p := range ps {
 		cfgs[i] = lab.Config{
-			Personality: p, Transport: f.transport, Backlog: f.backlog, Clients: f.clients,
-			Arrival: f.arrival, Accept: policy, Timeout: f.timeout, Relisten: f.relisten,
+			Personality: p, Transport: f.transport, Backlog: f.backlog.value(p), Clients: f.clients,
+			Arrival: f.arrival, Accept: f.accept, Timeout: f.timeout, Relisten: f.relisten,
 			Progress: func(pr lab.Progress) { prog.update(i, pr) },
 		}
 	}
@@ -129,8 +91,9 @@ func runLab(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if svgFile != nil {
-		if err := lab.WriteSVG(svgFile, results); err != nil {
+	interrupted := ctx.Err() != nil
+	if svgFile != nil && len(results) > 0 {
+		if err := lab.WriteSVG(svgFile, results, labTitle(f, results)); err != nil {
 			return err
 		}
 		if err := svgFile.Close(); err != nil {
@@ -143,57 +106,87 @@ func runLab(ctx context.Context, e *env, args []string) error {
 				results[i].Timeline = nil
 			}
 		}
-		if len(results) == 1 {
-			return writeJSON(e, results[0])
+		if results == nil {
+			results = []lab.Result{}
 		}
-		return writeJSON(e, results)
-	}
-	if len(results) == 1 {
-		printLabResult(e, results[0], f, policy)
+		if err := writeJSON(e, results); err != nil {
+			return err
+		}
 	} else {
-		printLabTable(e, results, f, policy)
+		width := outputWidth(e.stdout)
+		switch len(results) {
+		case 0:
+			fmt.Fprintln(e.stdout, "Interrupted before any run had started.")
+		case 1:
+			printLabResult(e.stdout, width, results[0], f, interrupted)
+		default:
+			printLabTable(e.stdout, width, results, f, interrupted)
+		}
+		if f.svg != "" && len(results) > 0 {
+			fmt.Fprintf(e.stdout, "\nCharts written to %s.\n", f.svg)
+		}
 	}
-	if f.svg != "" {
-		fmt.Fprintf(e.stdout, "\nCharts written to %s.\n", f.svg)
+	if interrupted {
+		return errInterrupted
 	}
 	return nil
 }
 
-// parseAccept reads --accept: none, max, or a rate such as 10/s.
-func parseAccept(cmd, s string) (lab.AcceptPolicy, error) {
-	switch s {
-	case "none":
-		return lab.AcceptPolicy{Never: true}, nil
-	case "max":
-		return lab.AcceptPolicy{}, nil
-	}
-	if n, ok := strings.CutSuffix(s, "/s"); ok {
-		if r, err := strconv.ParseFloat(n, 64); err == nil && r > 0 && r <= 1e6 {
-			return lab.AcceptPolicy{Rate: r}, nil
+// labTitle says what was run, for the chart.
+func labTitle(f labFlags, rs []lab.Result) string {
+	clients := fmt.Sprintf("%d clients", rs[0].Clients)
+	for _, r := range rs {
+		if r.Clients != rs[0].Clients {
+			clients = "clients 3 × what can wait"
 		}
 	}
-	return lab.AcceptPolicy{}, usagef(cmd, "--accept %q: give none, max, or a rate such as 10/s", s)
+	title := fmt.Sprintf("listen(%s) on %s, accepting %s; %s, %s apart, %s each to connect",
+		f.backlog, rs[0].Transport, f.accept, clients, f.arrival, durationText(f.timeout))
+	for _, r := range f.relisten {
+		title += fmt.Sprintf("; listen(%d) again at %s", r.Backlog, durationText(r.After))
+	}
+	for _, r := range rs {
+		if r.Interrupted {
+			title += " (interrupted)"
+			break
+		}
+	}
+	return title
 }
 
-func printLabResult(e *env, r lab.Result, f labFlags, policy lab.AcceptPolicy) {
-	p, _ := backlog.Lookup(r.Personality)
-	w := e.stdout
-	fmt.Fprintf(w, "%s on %s, listen(%d): backlog %d, %d can wait; when full: %s\n",
-		r.Personality, r.Transport, r.RequestedBacklog, r.Backlog, r.Capacity, p.FullVerdict())
-	fmt.Fprintf(w, "%d clients %s apart, each given %s to connect; the application accepts: %s\n\n",
-		r.Clients, f.arrival, f.timeout, policy)
+func printLabResult(w io.Writer, width int, r lab.Result, f labFlags, interrupted bool) {
+	p := r.Config.Personality
+	if interrupted {
+		para(w, width, "", fmt.Sprintf("Interrupted after %s: what follows is what had happened by then.", seconds1(r.DurationMS)))
+		fmt.Fprintln(w)
+	}
+	on := r.Transport
+	if r.Emulated {
+		on += " (emulated)"
+	}
+	para(w, width, "", fmt.Sprintf("%s, listen(%d): backlog %d, %d can wait; when full: %s",
+		r.Personality, r.RequestedBacklog, r.Backlog, r.Capacity, p.FullVerdict()))
+	para(w, width, "", fmt.Sprintf("on %s: %d clients %s apart, %s each to connect; accepting: %s",
+		on, r.Clients, f.arrival, durationText(f.timeout), f.accept))
+	if r.Emulated {
+		para(w, width, "", emulationNote(p.String(), r.Emulation))
+	}
+	fmt.Fprintln(w)
 	waiting := ""
 	if r.Waiting > 0 {
 		waiting = fmt.Sprintf("%d still waiting, %d of them in the server's queue", r.Waiting, r.InQueue)
 	}
-	printOutcomes(w, []outcomeRow{
+	rows := []outcomeRow{
 		{"connected", r.Connected, waiting},
 		{"accepted", r.Accepted, ""},
 		{"reset", r.Reset, ""},
-		{"refused", r.Refused, errorNote(r.Errors, "timeout")},
-		{"timed out", r.TimedOut, timedOutNote(r.TimedOut, f.timeout)},
-	})
+		{"refused", r.Refused, ""},
+		{"timed out", r.TimedOut, timedOutNote(r.TimedOut, f.timeout, r.Emulated && !r.Emulation.AtSYN)},
+	}
+	rows = append(rows, extraRows(r.Counts, r.Errors, interrupted)...)
+	printOutcomes(w, width, rows)
 	printRelistens(w, r.Relistens)
+	fmt.Fprintln(w)
 	printConnectTimes(w, r.ConnectMS)
 	s := r.Stats
 	switch {
@@ -202,22 +195,74 @@ func printLabResult(e *env, r lab.Result, f labFlags, policy lab.AcceptPolicy) {
 	case s.QueueWait.Count == 0:
 		fmt.Fprintln(w, "time in the queue: nothing was accepted")
 	default:
-		fmt.Fprintf(w, "time in the queue: %s\n", s.QueueWait)
+		para(w, width, "time in the queue: ", s.QueueWait.String())
 	}
-	fmt.Fprintf(w, "listener: %s SYNs, %s queued, %s ignored, %s refused, %s reset, %s listen overflows",
-		value(s, backlog.StatSYNs), value(s, backlog.StatQueued), value(s, backlog.StatIgnored),
-		value(s, backlog.StatRefused), value(s, backlog.StatReset), value(s, backlog.StatListenOverflows))
-	if s.SyncookiesSent > 0 {
-		fmt.Fprintf(w, ", %d SYN cookies sent, %d returned", s.SyncookiesSent, s.SyncookiesRecv)
-	}
-	if s.Evicted > 0 {
-		fmt.Fprintf(w, ", %d evicted", s.Evicted)
-	}
-	if s.DeferredRefusals > 0 {
-		fmt.Fprintf(w, ", %d refused while a freed slot was not back (KB 295079)", s.DeferredRefusals)
-	}
-	fmt.Fprintln(w)
+	para(w, width, "listener: ", listenerText(s))
 }
+
+// listenerText is the listener's own account: what it observed, and which
+// values this transport cannot see.
+func listenerText(s backlog.Stats) string {
+	var seen, unseen []string
+	for _, v := range []struct {
+		stat backlog.Stat
+		name string
+	}{
+		{backlog.StatSYNs, "SYNs"}, {backlog.StatQueued, "queued"}, {backlog.StatIgnored, "ignored"},
+		{backlog.StatRefused, "refused"}, {backlog.StatReset, "reset"}, {backlog.StatListenOverflows, "listen overflows"},
+		{backlog.StatSyncookiesSent, "SYN cookies sent"}, {backlog.StatEvicted, "evicted"},
+		{backlog.StatDeferredRefusals, "refused while a freed slot was not back (KB 295079)"},
+	} {
+		n, ok := s.Get(v.stat)
+		switch {
+		case !ok:
+			unseen = append(unseen, v.name)
+		case n == 0 && (v.stat == backlog.StatSyncookiesSent || v.stat == backlog.StatEvicted || v.stat == backlog.StatDeferredRefusals):
+		default:
+			seen = append(seen, fmt.Sprintf("%d %s", n, v.name))
+		}
+	}
+	text := strings.Join(seen, ", ")
+	if len(unseen) > 0 {
+		if text != "" {
+			text += "; "
+		}
+		text += "not observable here: " + strings.Join(unseen, ", ")
+	}
+	return text
+}
+
+// emulationNote says in one sentence how this kernel follows an emulated
+// system's verdicts (package kernel's doc says it in full).
+func emulationNote(name string, how lab.EmulationMode) string {
+	if how.AtSYN {
+		return fmt.Sprintf("Emulated at the SYN on this kernel: each SYN is decided by %s's rules before the kernel answers it.", name)
+	}
+	note := fmt.Sprintf("Emulated in front of this kernel's queue, after accept(): the kernel completes every handshake, so a client %s would refuse, ignore or evict connects and is then reset, and half-open limits, SYN cookies and eviction are not reproduced.", name)
+	if how.Why != "" {
+		note += " (Not at the SYN: " + how.Why + ".)"
+	}
+	return note
+}
+
+// extraRows are the outcome rows that only show when they happened:
+// failed connects, and those an interruption left unfinished.
+func extraRows(c lab.Counts, errs map[string]int, interrupted bool) []outcomeRow {
+	var rows []outcomeRow
+	if c.Failed > 0 {
+		rows = append(rows, outcomeRow{"failed", c.Failed, errorNote(errs, "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "timeout", "ETIMEDOUT")})
+	}
+	if c.Unfinished > 0 || interrupted {
+		note := "still connecting, or not yet started, at the end"
+		if interrupted {
+			note = "still connecting, or not yet started, when interrupted"
+		}
+		rows = append(rows, outcomeRow{"unfinished", c.Unfinished, note})
+	}
+	return rows
+}
+
+func seconds1(ms float64) string { return fmt.Sprintf("%.1fs", ms/1000) }
 
 // outcomeRow is one line of a summary: a count and a note.
 type outcomeRow struct {
@@ -226,69 +271,98 @@ type outcomeRow struct {
 	note  string
 }
 
-func printOutcomes(w io.Writer, rows []outcomeRow) {
+func printOutcomes(w io.Writer, width int, rows []outcomeRow) {
 	for _, r := range rows {
-		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-10s %5d   %s", r.label, r.n, r.note), " "))
+		para(w, width, fmt.Sprintf("  %-10s %5d   ", r.label, r.n), r.note)
 	}
 }
 
-func timedOutNote(n int, timeout time.Duration) string {
+func timedOutNote(n int, timeout time.Duration, emulated bool) string {
 	if n == 0 {
 		return ""
 	}
-	return fmt.Sprintf("no answer within %s: their SYNs were dropped without a word, and a client retries them", timeout)
+	if emulated {
+		return fmt.Sprintf("no answer within %s", durationText(timeout))
+	}
+	return fmt.Sprintf("no answer within %s: their SYNs were dropped without a word, and a client retries them", durationText(timeout))
 }
 
 func printConnectTimes(w io.Writer, p lab.Percentiles) {
-	fmt.Fprintf(w, "\nconnect time: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n", p.P50, p.P90, p.P99, p.Max)
+	if p.Count == 0 {
+		fmt.Fprintln(w, "connect time: n/a, no connect succeeded")
+		return
+	}
+	fmt.Fprintf(w, "connect time: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n", p.P50, p.P90, p.P99, p.Max)
 }
 
-// errorNote lists connect errors other than skip: "ECONNREFUSED 9".
-func errorNote(errs map[string]int, skip string) string {
+// errorNote lists connect errors but those in skip: "ECONNRESET 2".
+func errorNote(errs map[string]int, skip ...string) string {
 	var parts []string
 	for _, name := range sortedKeys(errs) {
-		if name != skip {
+		if !slices.Contains(skip, name) {
 			parts = append(parts, fmt.Sprintf("%s %d", name, errs[name]))
 		}
 	}
 	return strings.Join(parts, ", ")
 }
 
-func printLabTable(e *env, rs []lab.Result, f labFlags, policy lab.AcceptPolicy) {
-	fmt.Fprintf(e.stdout, "listen(%d) on %s; clients %s apart, %s to connect; the application accepts: %s\n\n",
-		f.backlog, rs[0].Transport, f.arrival, f.timeout, policy)
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PERSONALITY\tBACKLOG\tCAN WAIT\tCLIENTS\tCONNECTED\tACCEPTED\tWAITING\tREFUSED\tRESET\tTIMED OUT\tP50 MS\tMAX MS")
+func printLabTable(w io.Writer, width int, rs []lab.Result, f labFlags, interrupted bool) {
+	if interrupted {
+		longest := 0.0
+		for _, r := range rs {
+			longest = max(longest, r.DurationMS)
+		}
+		para(w, width, "", fmt.Sprintf("Interrupted after %s: what follows is what had happened by then.", seconds1(longest)))
+		fmt.Fprintln(w)
+	}
+	para(w, width, "", fmt.Sprintf("listen(%s) on %s: clients %s apart, %s each to connect; accepting: %s",
+		f.backlog, rs[0].Transport, f.arrival, durationText(f.timeout), f.accept))
+	emulated, atSYN := false, false
+	var failed, unfinished bool
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.2f\t%.2f\n", r.Personality, r.Backlog, r.Capacity,
-			r.Clients, r.Connected, r.Accepted, r.Waiting, r.Refused, r.Reset, r.TimedOut, r.ConnectMS.P50, r.ConnectMS.Max)
+		emulated = emulated || r.Emulated
+		atSYN = atSYN || r.Emulation.AtSYN
+		failed = failed || r.Failed > 0
+		unfinished = unfinished || r.Unfinished > 0 || interrupted
 	}
-	tw.Flush()
-}
-
-// relistenFlag is --relisten D:N, repeatable.
-type relistenFlag []lab.Relisten
-
-func (f *relistenFlag) String() string {
-	var parts []string
-	for _, r := range *f {
-		parts = append(parts, r.String())
+	switch {
+	case emulated && atSYN:
+		para(w, width, "", "Systems other than this host's are emulated at the SYN: each SYN is decided by their rules before the kernel answers it.")
+	case emulated:
+		para(w, width, "", "Systems other than this host's are emulated in front of the kernel's queue: what they would refuse, ignore or evict connects and is then reset.")
 	}
-	return strings.Join(parts, " ")
-}
-
-func (f *relistenFlag) Set(v string) error {
-	d, n, ok := strings.Cut(v, ":")
-	after, err := time.ParseDuration(d)
-	if !ok || err != nil || after <= 0 {
-		return fmt.Errorf("%q: give D:N, a time after the start and a backlog, such as 2s:1", v)
+	fmt.Fprintln(w)
+	t := &table{cols: []column{
+		{name: "SYSTEM"}, {name: "BACKLOG", right: true, drop: 4}, {name: "CAN WAIT", right: true, drop: 1},
+		{name: "CLIENTS", right: true, drop: 5}, {name: "CONNECTED", right: true}, {name: "ACCEPTED", right: true, drop: 2},
+		{name: "WAITING", right: true, drop: 6}, {name: "REFUSED", right: true}, {name: "RESET", right: true},
+		{name: "TIMED OUT", right: true},
+	}}
+	if failed {
+		t.cols = append(t.cols, column{name: "FAILED", right: true})
 	}
-	b, err := strconv.Atoi(n)
-	if err != nil {
-		return fmt.Errorf("%q: the backlog %q is not an integer", v, n)
+	if unfinished {
+		t.cols = append(t.cols, column{name: "UNFINISHED", right: true})
 	}
-	*f = append(*f, lab.Relisten{After: after, Backlog: b})
-	return nil
+	t.cols = append(t.cols, column{name: "P50 MS", right: true, drop: 7}, column{name: "MAX MS", right: true, drop: 8})
+	for _, r := range rs {
+		name := r.Personality
+		cells := []string{name, strconv.Itoa(r.Backlog), strconv.Itoa(r.Capacity), strconv.Itoa(r.Clients),
+			strconv.Itoa(r.Connected), strconv.Itoa(r.Accepted), strconv.Itoa(r.Waiting), strconv.Itoa(r.Refused),
+			strconv.Itoa(r.Reset), strconv.Itoa(r.TimedOut)}
+		if failed {
+			cells = append(cells, strconv.Itoa(r.Failed))
+		}
+		if unfinished {
+			cells = append(cells, strconv.Itoa(r.Unfinished))
+		}
+		p50, mx := "n/a", "n/a"
+		if r.ConnectMS.Count > 0 {
+			p50, mx = fmt.Sprintf("%.2f", r.ConnectMS.P50), fmt.Sprintf("%.2f", r.ConnectMS.Max)
+		}
+		t.add(append(cells, p50, mx)...)
+	}
+	t.write(w, width)
 }
 
 // printRelistens says what each listen() again did.

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/backlog-dev/backlog"
 )
 
 // timings matches the numbers that change from run to run: milliseconds and
@@ -54,7 +56,7 @@ func TestLabAllJSON(t *testing.T) {
 		t.Fatalf("%d results; want 15", len(rows))
 	}
 	for _, r := range rows {
-		for _, k := range []string{"personality", "transport", "requested_backlog", "backlog", "capacity", "clients", "connected", "accepted", "refused", "reset", "timed_out", "connect_ms"} {
+		for _, k := range []string{"personality", "transport", "requested_backlog", "backlog", "capacity", "clients", "connected", "accepted", "refused", "reset", "timed_out", "failed", "unfinished", "interrupted", "emulated", "connect_ms"} {
 			if _, ok := r[k]; !ok {
 				t.Errorf("%v: no key %q", r["personality"], k)
 			}
@@ -65,11 +67,18 @@ func TestLabAllJSON(t *testing.T) {
 			}
 		}
 		n := func(k string) int { return int(r[k].(float64)) }
-		if n("connected")+n("refused")+n("timed_out") != n("clients") || n("accepted") > n("connected") || n("reset") > n("connected") {
+		if n("connected")+n("refused")+n("timed_out")+n("failed")+n("unfinished") != n("clients") || n("accepted") > n("connected") || n("reset") > n("connected") {
 			t.Errorf("%v: counts do not add up: %v", r["personality"], r)
 		}
-		if n("connected") < n("capacity") {
-			t.Errorf("%v: %d connected, less than the capacity %d", r["personality"], n("connected"), n("capacity"))
+		// How many connect depends, for a system that evicts half-open
+		// connections (darwin), on how fast handshakes complete against
+		// the 5 ms between clients: on a loaded machine every client can
+		// be evicted by a later one. The rules themselves are checked
+		// client by client, without timing, in internal/conformance; here
+		// the run must report the personality's own backlog and capacity.
+		p := backlog.MustLookup(r["personality"].(string))
+		if stored, capacity := p.Listen(5); n("backlog") != stored || n("capacity") != capacity {
+			t.Errorf("%v: backlog %d, capacity %d; the personality stores %d, holds %d", r["personality"], n("backlog"), n("capacity"), stored, capacity)
 		}
 		if r["transport"] != "netstack" || n("requested_backlog") != 5 {
 			t.Errorf("%v: transport %v, requested %v", r["personality"], r["transport"], r["requested_backlog"])
@@ -87,31 +96,12 @@ func TestLabSVGFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(string(b), "<svg") || strings.Count(string(b), "<polyline") != 4 {
-		t.Errorf("SVG with %d lines; want 4 (2 charts x 2 systems)", strings.Count(string(b), "<polyline"))
+	for _, title := range []string{"linux queue", "linux capacity", "windows queue", "windows capacity"} {
+		if !strings.HasPrefix(string(b), "<svg") || !strings.Contains(string(b), "<title>"+title+"</title>") {
+			t.Errorf("SVG without a line %q", title)
+		}
 	}
 	if !strings.Contains(out, "Charts written to "+path) {
 		t.Errorf("output does not say where the charts are: %q", out)
-	}
-}
-
-func TestLabMisuse(t *testing.T) {
-	for _, tt := range []struct {
-		args    []string
-		mention string
-	}{
-		{[]string{"lab", "--accept", "fast"}, `--accept "fast": give none, max, or a rate such as 10/s`},
-		{[]string{"lab", "--accept", "-3/s"}, `--accept "-3/s"`},
-		{[]string{"lab", "--transport", "carrier-pigeon"}, `unknown transport "carrier-pigeon"; valid: netstack, kernel`},
-		{[]string{"lab", "--personality", "os2"}, `unknown personality "os2"; valid: all,`},
-		{[]string{"lab", "--clients", "100000000"}, "--clients must be from 1 to 20000"},
-		{[]string{"lab", "--timeout", "0s"}, "--timeout must be more than 0"},
-		{[]string{"lab", "--backlog", "five"}, `invalid value "five" for flag -backlog`},
-		{[]string{"lab", "extra"}, `unexpected argument "extra"`},
-	} {
-		code, _, errOut := run(t, tt.args...)
-		if code != 2 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tt.mention) {
-			t.Errorf("backlog %q: exit %d, stderr %q; want exit 2 and one line mentioning %q", tt.args, code, errOut, tt.mention)
-		}
 	}
 }

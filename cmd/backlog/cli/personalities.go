@@ -4,45 +4,109 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/kernel"
 )
 
-const personalitiesUsage = `Usage: backlog personalities [--json] [NAME...]
+// lookupPersonalities reads one name given for a system: "all", or a
+// name or alias with parameters ("linux:somaxconn=128"). An unknown name
+// gets the names it comes close to, aliases included, as suggestions.
+func lookupPersonalities(name string) ([]backlog.Personality, error) {
+	if strings.EqualFold(strings.TrimSpace(name), "all") {
+		return backlog.All(), nil
+	}
+	p, err := backlog.Lookup(name)
+	if errors.Is(err, backlog.ErrUnknownPersonality) {
+		base, _, _ := strings.Cut(strings.ToLower(strings.TrimSpace(name)), ":")
+		if near := nearNames(base); len(near) > 0 {
+			return nil, fmt.Errorf("no such system; did you mean %s? (backlog personalities lists them all)", orList(near))
+		}
+		return nil, fmt.Errorf("no such system; give all or one of %s", strings.Join(backlog.Names(), ", "))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return []backlog.Personality{p}, nil
+}
 
-Lists every system's listen() rules: how a requested backlog is stored, how
-many connections can wait, what a connection meets when the queue is full,
-and what listen() again does. With NAMEs, shows those systems in full,
-with their sources and parameters.
+// nearNames returns the systems whose name or an alias comes close to s:
+// one begins with the other, or one is within an edit of the other (two
+// for names longer than five letters).
+// Each reads "darwin (macos)" when an alias was the close one.
+func nearNames(s string) []string {
+	var out []string
+	for _, p := range backlog.All() {
+		for i, cand := range append([]string{p.Name}, p.Aliases...) {
+			if !near(s, cand) {
+				continue
+			}
+			if i == 0 {
+				out = append(out, p.Name)
+			} else {
+				out = append(out, p.Name+" ("+cand+")")
+			}
+			break
+		}
+	}
+	return out
+}
 
-  --json   print a JSON array, one object per personality
-`
+func near(s, cand string) bool {
+	if len(s) < 2 {
+		return false
+	}
+	if strings.HasPrefix(cand, s) || (len(cand) >= 3 && strings.HasPrefix(s, cand)) {
+		return true
+	}
+	limit := 1
+	if len(s) > 5 {
+		limit = 2
+	}
+	return len(s) >= 3 && editDistance(s, cand) <= limit
+}
 
-// resolve turns --personality values into personalities; none, or "all",
-// means every one.
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// resolve looks up names given as arguments (personalities NAME...): each
+// once, in order; none means every system.
 func resolve(cmd string, names []string) ([]backlog.Personality, error) {
 	if len(names) == 0 {
 		return backlog.All(), nil
 	}
 	var ps []backlog.Personality
 	for _, n := range names {
-		if strings.EqualFold(n, "all") {
-			ps = append(ps, backlog.All()...)
-			continue
-		}
-		p, err := backlog.Lookup(n)
-		if errors.Is(err, backlog.ErrUnknownPersonality) {
-			return nil, usagef(cmd, "unknown personality %q; valid: all, %s", n, strings.Join(backlog.Names(), ", "))
-		}
+		got, err := lookupPersonalities(n)
 		if err != nil {
-			return nil, usagef(cmd, "%v", err)
+			return nil, usagef(cmd, "%q: %v", n, err)
 		}
-		ps = append(ps, p)
+		for _, p := range got {
+			if !containsPersonality(ps, p) {
+				ps = append(ps, p)
+			}
+		}
 	}
 	return ps, nil
 }
@@ -82,6 +146,7 @@ type personalityJSON struct {
 	Parameters     []string     `json:"parameters"`
 	Sources        []string     `json:"sources"`
 	Notes          string       `json:"notes,omitempty"`
+	AtSYNOnLinux   []string     `json:"at_syn_on_linux"`
 }
 
 func describe(p backlog.Personality) personalityJSON {
@@ -101,28 +166,37 @@ func describe(p backlog.Personality) personalityJSON {
 		Relisten: p.Relisten.String(), KB295079Defect: p.DeferredSlotReturn, SlotsNeedFDs: p.SlotsNeedDescriptors,
 		ClientSYN: scheduleOf(p.ClientSYN), SYNACK: scheduleOf(p.SYNACK),
 		Parameters: params, Sources: p.Sources, Notes: p.Notes,
+		AtSYNOnLinux: kernel.ShapeDifferences(p),
 	}
 }
 
-func runPersonalities(_ context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("personalities", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print JSON")
-	names, err := parseFlags(e, fs, personalitiesUsage, args)
-	if err != nil {
-		return helpIsNotAnError(err)
+func personalitiesCommand() (*flags, runFunc) {
+	f := newFlags("personalities", "[flags] [NAME...]", `
+Lists every system's listen() rules: how a requested backlog is stored, how
+many connections can wait, what a connection meets when the queue is full,
+and what listen() again does. With NAMEs, shows those systems in full, with
+their sources and parameters, and where following them at the SYN on the
+Linux kernel (backlog shape) differs from the real system.`)
+	var asJSON bool
+	f.switchFlag(&asJSON, "json", "print a JSON array, one object per personality")
+	return f, func(_ context.Context, e *env, names []string) error {
+		ps, err := resolve("personalities", names)
+		if err != nil {
+			return err
+		}
+		return personalities(e, ps, len(names) > 0, asJSON)
 	}
-	ps, err := resolve("personalities", names)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
+}
+
+func personalities(e *env, ps []backlog.Personality, detail, asJSON bool) error {
+	if asJSON {
 		out := make([]personalityJSON, len(ps))
 		for i, p := range ps {
 			out[i] = describe(p)
 		}
 		return writeJSON(e, out)
 	}
-	if len(names) > 0 {
+	if detail {
 		for i, p := range ps {
 			if i > 0 {
 				fmt.Fprintln(e.stdout)
@@ -131,23 +205,24 @@ func runPersonalities(_ context.Context, e *env, args []string) error {
 		}
 		return nil
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tCLAMP\tCAN WAIT\tHALF-OPEN\tWHEN FULL\tFINAL ACK\tLISTEN AGAIN\tCLIENT GIVES UP")
+	width := outputWidth(e.stdout)
+	t := &table{cards: true, cols: []column{{name: "NAME"}, {name: "CLAMP", wrap: true, min: 12}, {name: "CAN WAIT"},
+		{name: "HALF-OPEN", wrap: true, min: 9}, {name: "WHEN FULL"}, {name: "FINAL ACK"}, {name: "LISTEN AGAIN", wrap: true, min: 9},
+		{name: "CLIENT GIVES UP"}}}
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p, p.Clamp, p.Capacity, p.HalfOpenString(),
-			p.FullVerdict(), finalACKRule(p), p.Relisten, seconds(p.ClientSYN.GiveUp))
+		t.add(p.String(), p.Clamp.String(), p.Capacity.String(), p.HalfOpenString(), p.FullVerdict(), finalACKRule(p),
+			p.Relisten.String(), seconds(p.ClientSYN.GiveUp))
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintln(e.stdout, "\nN is the stored backlog. \"backlog personalities NAME\" shows one system in full, with its sources.")
+	t.write(e.stdout, width)
+	fmt.Fprintln(e.stdout)
+	para(e.stdout, width, "", `N is the stored backlog. "backlog personalities NAME" shows one system in full, with its sources.`)
 	return nil
 }
 
 func printDetail(e *env, p backlog.Personality) {
 	d := describe(p)
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	t := &table{cols: []column{{name: ""}, {name: "", wrap: true, min: 20}}}
+	row := func(k, v string) { t.add(k, v) }
 	row("name", p.String())
 	row("system", p.System)
 	if len(p.Aliases) > 0 {
@@ -168,6 +243,9 @@ func printDetail(e *env, p backlog.Personality) {
 	}
 	row("client SYN", p.ClientSYN.String())
 	row("SYN-ACK", p.SYNACK.String())
+	for _, diff := range d.AtSYNOnLinux {
+		row("at the SYN on Linux", diff)
+	}
 	for _, param := range d.Parameters {
 		row("parameter", param)
 	}
@@ -177,7 +255,10 @@ func printDetail(e *env, p backlog.Personality) {
 	if p.Notes != "" {
 		row("note", p.Notes)
 	}
-	tw.Flush()
+	lines, _ := t.render(outputWidth(e.stdout))
+	for _, l := range lines[1:] { // no header
+		fmt.Fprintln(e.stdout, l)
+	}
 }
 
 // finalACKRule is what a final ACK meets on a full queue, or "n/a" where
@@ -197,13 +278,4 @@ func writeJSON(e *env, v any) error {
 	enc := json.NewEncoder(e.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-// helpIsNotAnError turns the flag.ErrHelp of -h, after usage was printed,
-// into success.
-func helpIsNotAnError(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
-	return err
 }

@@ -2,14 +2,12 @@ package cli
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"github.com/backlog-dev/backlog/internal/transport"
@@ -18,35 +16,10 @@ import (
 	"github.com/backlog-dev/backlog/kernel"
 )
 
-const probeUsage = `Usage: backlog probe [flags]
-
-Learns what this host's kernel does with the listen backlog, on loopback,
-and compares it with a personality's prediction. For each backlog it
-listens with exactly that backlog, reads back what the kernel stored,
-connects clients one after another without accepting any, and counts how
-many complete the handshake and wait in the queue. The first client left
-without an answer is watched: is it refused, or ignored, and when does it
-send its SYN again? Each check says "matches" or "differs", with both
-values. The probe exits 1 when a check differs. Linux only.
-
-  --backlog N          a backlog to probe (repeatable; default 0, 1, 5 and
-                       one more than net.core.somaxconn, to show the clamp)
-  --personality NAME   the rules to compare with (default: this host's,
-                       with its sysctls)
-  --timeout D          how long a client waits for an answer before it
-                       counts as left out (default 300ms)
-  --watch D            how long the left-out client is watched, from its
-                       connect (default 3.5s: the retransmissions at about
-                       1, 2 and 3 s on Linux 6.5 and later; at most 3m)
-  --max-clients N      do not fill a queue that needs more clients than
-                       this (default 5000)
-  --json               print the facts as JSON
-`
-
 // probeFlags holds the flags of one probe command.
 type probeFlags struct {
-	backlogs    listFlag
-	personality string
+	backlogs    []request
+	personality []backlog.Personality
 	timeout     time.Duration
 	watch       time.Duration
 	maxClients  int
@@ -88,10 +61,13 @@ type probeMeasure struct {
 	Connected int `json:"connected"`
 	NotQueued int `json:"connected_not_queued"`
 	// Queue is the queue length read back once the queue was full.
-	Queue int `json:"queue"`
+	Queue int `json:"queued_now"`
 	// Drops is the listener's own drop count at the end of the watch.
 	Drops    uint64          `json:"drops"`
 	Overflow overflowMeasure `json:"overflow"`
+	// Interrupted is set when the probe was stopped before this
+	// listener's measure was complete: only the stored backlog is known.
+	Interrupted bool `json:"interrupted"`
 }
 
 // overflowMeasure is what the first client left out met.
@@ -106,9 +82,12 @@ type overflowMeasure struct {
 	// Ended is when connect() ended, from the client's connect() call;
 	// zero while it still waited at the end of the watch.
 	Ended time.Duration `json:"-"`
-	// Retransmits are the times the client sent its SYN again, and RTO its
-	// retransmission timeout right after each (tcpi_rto).
+	// Retransmits are the times the client sent its SYN again, each
+	// known to lie between After and Retransmits (the probe's last look
+	// before it, and its first look after it), and RTO its retransmission
+	// timeout right after each (tcpi_rto).
 	Retransmits []time.Duration `json:"-"`
+	After       []time.Duration `json:"-"`
 	RTO         []time.Duration `json:"-"`
 }
 
@@ -144,51 +123,50 @@ type probeJSON struct {
 	Counters    *kernel.Counters    `json:"counters_delta"`
 	Checks      []probeCheck        `json:"checks"`
 	Differ      int                 `json:"differ"`
+	// Interrupted is set when the probe was stopped before its end: the
+	// checks of a listener it had not finished are skipped.
+	Interrupted bool `json:"interrupted"`
 }
 
-func runProbe(ctx context.Context, e *env, args []string) error {
+func probeCommand() (*flags, runFunc) {
+	fl := newFlags("probe", "[flags]", `
+Learns what this host's kernel does with the listen backlog, on loopback,
+and compares it with a personality's prediction. For each backlog it
+listens with exactly that backlog, reads back what the kernel stored,
+connects clients one after another without accepting any, and counts how
+many complete the handshake and wait in the queue. The first client left
+without an answer is watched: is it refused, or ignored, and when does it
+send its SYN again? Each check says "matches" or "differs", with both
+values; a retransmission matches when it falls within the kernel's timer
+granularity of its time (the timer wheel rounds a timer up: up to 90 ms
+for a 1 s timer at HZ 100) and the probe's own look at it. The probe exits
+1 when a check differs, 130 when interrupted. Linux only.`)
 	var f probeFlags
-	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
-	fs.Var(&f.backlogs, "backlog", "")
-	fs.StringVar(&f.personality, "personality", "", "")
-	fs.DurationVar(&f.timeout, "timeout", 300*time.Millisecond, "")
-	fs.DurationVar(&f.watch, "watch", 3500*time.Millisecond, "")
-	fs.IntVar(&f.maxClients, "max-clients", 5000, "")
-	fs.BoolVar(&f.json, "json", false, "")
-	rest, err := parseFlags(e, fs, probeUsage, args)
-	if err != nil {
-		return helpIsNotAnError(err)
+	fl.add("backlog", "N", "a backlog to probe: an integer, SOMAXCONN or SOMAXCONN_HINT(N); repeatable", "0, 1, 5 and net.core.somaxconn+1, to show the clamp", backlogListValue{&f.backlogs})
+	fl.personalityFlag(&f.personality, "the rules to compare with", "this host's, with its sysctls", true)
+	fl.durationFlag(&f.timeout, "timeout", "how long a client waits for an answer before it counts as left out", 300*time.Millisecond, time.Millisecond, 10*time.Second)
+	fl.durationFlag(&f.watch, "watch", "how long the left-out client is watched, from its connect: 3.5s sees the retransmissions at about 1, 2 and 3 s of Linux 6.5 and later", 3500*time.Millisecond, 0, maxProbeWatch)
+	fl.intFlag(&f.maxClients, "max-clients", "N", "do not fill a queue that needs more clients than this", 5000, 1, maxClients, "a number of clients")
+	fl.switchFlag(&f.json, "json", "print the facts as JSON")
+	return fl, func(ctx context.Context, e *env, args []string) error {
+		if len(args) > 0 {
+			return usagef("probe", "unexpected argument %q; give backlogs with --backlog N", args[0])
+		}
+		if len(f.backlogs) > maxProbeBacklogs {
+			return usagef("probe", "--backlog: at most %d values; %d were given", maxProbeBacklogs, len(f.backlogs))
+		}
+		return runProbe(ctx, e, f)
 	}
-	switch {
-	case len(rest) > 0:
-		return usagef("probe", "unexpected argument %q; give backlogs with --backlog N", rest[0])
-	case f.timeout < time.Millisecond || f.timeout > 10*time.Second:
-		return usagef("probe", "--timeout must be from 1ms to 10s")
-	case f.watch < 0 || f.watch > maxProbeWatch:
-		return usagef("probe", "--watch must be from 0 to %s", maxProbeWatch)
-	case f.maxClients < 1 || f.maxClients > maxClients:
-		return usagef("probe", "--max-clients must be from 1 to %d", maxClients)
-	case len(f.backlogs) > maxProbeBacklogs:
-		return usagef("probe", "at most %d --backlog values", maxProbeBacklogs)
+}
+
+func runProbe(ctx context.Context, e *env, f probeFlags) error {
+	p := transport.Host()
+	if len(f.personality) == 1 {
+		p = f.personality[0]
 	}
 	requests := make([]int, len(f.backlogs))
-	for i, s := range f.backlogs {
-		n, err := strconv.ParseInt(s, 10, 32)
-		if err != nil {
-			return usagef("probe", "--backlog %q: give an integer from %d to %d", s, int32(-1<<31), int32(1<<31-1))
-		}
-		requests[i] = int(n)
-	}
-	p := transport.Host()
-	if f.personality != "" {
-		ps, err := resolve("probe", []string{f.personality})
-		if err != nil {
-			return err
-		}
-		if len(ps) != 1 {
-			return usagef("probe", "--personality takes one system, not %q", f.personality)
-		}
-		p = ps[0]
+	for i, r := range f.backlogs {
+		requests[i] = r.value(p)
 	}
 	somaxconn, somaxErr := kernel.Somaxconn()
 	if len(requests) == 0 {
@@ -215,8 +193,16 @@ func runProbe(ctx context.Context, e *env, args []string) error {
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
+	interrupted := ctx.Err() != nil
+	for i, err := range errs {
+		switch {
+		case err == nil:
+		case interrupted && ctx.Err() != nil:
+			// Stopped before it listened: nothing measured.
+			measures[i] = probeMeasure{Interrupted: true}
+		default:
+			return err
+		}
 	}
 	var delta *kernel.Counters
 	if after, err := kernel.ReadCounters(); err == nil && countersErr == nil {
@@ -227,7 +213,7 @@ func runProbe(ctx context.Context, e *env, args []string) error {
 	out := probeJSON{
 		Kernel: kernelRelease(), Personality: p.String(), Somaxconn: somaxconn,
 		TimeoutS: f.timeout.Seconds(), WatchS: window.Seconds(), Counters: delta,
-		Checks: []probeCheck{},
+		Checks: []probeCheck{}, Interrupted: interrupted,
 	}
 	for i, n := range requests {
 		m := measures[i]
@@ -245,6 +231,9 @@ func runProbe(ctx context.Context, e *env, args []string) error {
 		}
 	} else {
 		printProbe(e, out, f.timeout, window)
+	}
+	if interrupted {
+		return errInterrupted
 	}
 	if out.Differ > 0 {
 		return fmt.Errorf("%d of %d checks differ from %s", out.Differ, measured(out.Checks), p)
@@ -293,54 +282,96 @@ func expectedOutcome(p backlog.Personality) string {
 	return "ignored"
 }
 
-// retransmitTolerance is how far a measured retransmission may lie from
-// the predicted one and still match: 50 ms and 5%. Linux arms its timers on
-// a timer wheel that rounds a 1 s expiry up by a few percent (on this
-// project's reference host each gap is 1.024 s), and the probe looks every
-// probeTick.
-func retransmitTolerance(at time.Duration) time.Duration {
-	return 50*time.Millisecond + at/20
+// timerLate bounds how late a kernel timer of duration d fires. The
+// timer wheel (kernel/time/timer.c) files a timer d jiffies away in a
+// level whose granularity grows eightfold every level (levels start at 63,
+// 504, 4032, ... jiffies) and rounds its expiry up to that granularity;
+// the tick that runs it comes up to a jiffy later, and the softirq that
+// runs the timer may wait timerSlack more on a busy machine. HZ is not
+// known from user space, so the worst of the usual values counts: a 1 s
+// timer is up to 90 ms late at HZ 100, 36 ms at HZ 250, 65 ms at HZ 1000.
+func timerLate(d time.Duration) time.Duration {
+	var worst time.Duration
+	for _, hz := range []time.Duration{100, 250, 300, 1000} {
+		jiffy := time.Second / hz
+		delta := int64((d + jiffy - 1) / jiffy)
+		gran := int64(1)
+		for start := int64(63); delta >= start; start <<= 3 {
+			gran <<= 3
+		}
+		worst = max(worst, time.Duration(gran+1)*jiffy)
+	}
+	return worst + timerSlack
+}
+
+// timerEarly bounds how early a timer fires against the wall clock: it is
+// armed in whole jiffies from a moment within one (10 ms at HZ 100).
+const timerEarly = 10 * time.Millisecond
+
+// timerSlack is what the timer softirq may wait on a busy machine.
+const timerSlack = 20 * time.Millisecond
+
+// span is a time known to lie between lo and hi.
+type span struct{ lo, hi time.Duration }
+
+func (a span) meets(b span) bool { return a.lo <= b.hi && b.lo <= a.hi }
+
+// predictedSpans returns, for each retransmission of a schedule, where it
+// may fall: from each one's predicted time less what each timer may be
+// early, to it plus what each may be late, the timers running one after
+// another.
+func predictedSpans(at []time.Duration) []span {
+	var out []span
+	var prev, early, late time.Duration
+	for _, t := range at {
+		early += timerEarly
+		late += timerLate(t - prev)
+		out = append(out, span{t - early, t + late})
+		prev = t
+	}
+	return out
 }
 
 // comparedRetransmits returns the predicted retransmissions that fall
-// clearly within the window, and the measured ones to compare with them:
-// a measured time that matches a predicted one too close to the end of the
-// window to be sure of is left out, as that predicted one is.
-func comparedRetransmits(predicted, measured []time.Duration, window time.Duration) (want, got []time.Duration) {
-	var edge []time.Duration
-	for _, t := range predicted {
-		tol := retransmitTolerance(t)
+// surely within the window, and as many measured ones, in order: a
+// predicted one that may or may not fall within it is left out, as is a
+// measured one in its place.
+func comparedRetransmits(predicted []time.Duration, measured []span, window time.Duration) (want []time.Duration, got []span) {
+	spans := predictedSpans(predicted)
+	maybe := 0
+	for i, sp := range spans {
 		switch {
-		case t+tol <= window:
-			want = append(want, t)
-		case t-tol <= window:
-			edge = append(edge, t)
+		case sp.hi <= window:
+			want = append(want, predicted[i])
+		case sp.lo <= window:
+			maybe++
 		}
 	}
-	for _, o := range measured {
-		nearEdge := false
-		for _, t := range edge {
-			if o >= t-retransmitTolerance(t) {
-				nearEdge = true
-			}
-		}
-		if !nearEdge {
-			got = append(got, o)
-		}
+	got = measured
+	if len(got) > len(want) && len(got) <= len(want)+maybe {
+		got = got[:len(want)]
 	}
 	return want, got
 }
 
-// sameTimes reports whether each measured time is within tolerance of the
-// predicted one in the same place.
-func sameTimes(want, got []time.Duration) bool {
+// sameTimes reports whether each measured retransmission can be the
+// predicted one in its place: the gap since the one before it (or since
+// connect) meets the predicted gap, within what the timers and the
+// probe's looks allow.
+func sameTimes(want []time.Duration, got []span) bool {
 	if len(want) != len(got) {
 		return false
 	}
+	var prevWant time.Duration
+	prevGot := span{}
 	for i := range want {
-		if d := got[i] - want[i]; d > retransmitTolerance(want[i]) || -d > retransmitTolerance(want[i]) {
+		gap := want[i] - prevWant
+		predicted := span{gap - timerEarly, gap + timerLate(gap)}
+		measured := span{got[i].lo - prevGot.hi, got[i].hi - prevGot.lo}
+		if !predicted.meets(measured) {
 			return false
 		}
+		prevWant, prevGot = want[i], got[i]
 	}
 	return true
 }
@@ -359,11 +390,19 @@ func probeChecks(p backlog.Personality, n int, m probeMeasure, window time.Durat
 	skip := func(name, why, predicted string) {
 		checks = append(checks, probeCheck{Backlog: n, Check: name, Measured: why, Predicted: predicted, Verdict: "skipped"})
 	}
+	if m.Interrupted && m.Address == "" {
+		skip("stored backlog", "interrupted", strconv.Itoa(stored))
+		return checks
+	}
 	storedNote := ""
 	if !m.ReadBack {
 		storedNote = " (computed)"
 	}
 	check("stored backlog", strconv.Itoa(m.Stored)+storedNote, strconv.Itoa(stored), m.Stored == stored)
+	if m.Interrupted {
+		skip("can wait", "interrupted", strconv.Itoa(capacity))
+		return checks
+	}
 	if !m.Filled {
 		skip("can wait", "not filled ("+m.NotFilled+")", strconv.Itoa(capacity))
 		return checks
@@ -384,17 +423,18 @@ func probeChecks(p backlog.Personality, n int, m probeMeasure, window time.Durat
 	if want != "ignored" || o.Outcome != "ignored" {
 		return checks
 	}
-	wantAt, gotAt := comparedRetransmits(p.ClientSYN.At, o.Retransmits, window)
-	check("SYN retransmits", measuredTimes(gotAt), scheduleTimes(wantAt), sameTimes(wantAt, gotAt))
+	wantAt, gotAt := comparedRetransmits(p.ClientSYN.At, o.spans(), window)
+	check("SYN retransmits", measuredSpans(gotAt), scheduleTimes(wantAt), sameTimes(wantAt, gotAt))
 	sent := uint64(1 + len(o.Retransmits))
 	check("SYNs dropped", strconv.FormatUint(m.Drops, 10), strconv.FormatUint(sent, 10), m.Drops == sent)
-	if giveUp := p.ClientSYN.GiveUp; giveUp+retransmitTolerance(giveUp) <= window {
+	giveUpAt := predictedSpans(append(slices.Clone(p.ClientSYN.At), p.ClientSYN.GiveUp))
+	if giveUp := giveUpAt[len(giveUpAt)-1]; giveUp.hi <= window {
 		ended := "still waiting"
 		if o.Ended > 0 {
 			ended = fmt.Sprintf("%s at %.2fs", o.Error, o.Ended.Seconds())
 		}
-		ok := o.Error == "ETIMEDOUT" && sameTimes([]time.Duration{giveUp}, []time.Duration{o.Ended})
-		check("client gives up", ended, "ETIMEDOUT at "+shortSeconds(giveUp), ok)
+		ok := o.Error == "ETIMEDOUT" && giveUp.meets(span{o.Ended - probeTick, o.Ended})
+		check("client gives up", ended, "ETIMEDOUT at "+shortSeconds(p.ClientSYN.GiveUp), ok)
 	}
 	return checks
 }
@@ -410,13 +450,28 @@ func measured(cs []probeCheck) int {
 	return n
 }
 
-func measuredTimes(ds []time.Duration) string {
-	if len(ds) == 0 {
+// spans pairs the retransmissions' times with the looks before them.
+func (o overflowMeasure) spans() []span {
+	out := make([]span, len(o.Retransmits))
+	for i := range out {
+		out[i] = span{o.After[i], o.Retransmits[i]}
+	}
+	return out
+}
+
+// measuredSpans prints each retransmission at the look that saw it, and
+// with the look before it when the two are more than 10 ms apart (the
+// probe was kept from looking): "1.02s 1.00-1.18s".
+func measuredSpans(ss []span) string {
+	if len(ss) == 0 {
 		return "none"
 	}
-	s := make([]string, len(ds))
-	for i, d := range ds {
-		s[i] = fmt.Sprintf("%.2fs", d.Seconds())
+	s := make([]string, len(ss))
+	for i, sp := range ss {
+		s[i] = fmt.Sprintf("%.2fs", sp.hi.Seconds())
+		if sp.hi-sp.lo > 10*time.Millisecond {
+			s[i] = fmt.Sprintf("%.2f-%.2fs", sp.lo.Seconds(), sp.hi.Seconds())
+		}
 	}
 	return strings.Join(s, " ")
 }
@@ -463,23 +518,33 @@ func listenerJSON(p backlog.Personality, n int, m probeMeasure, window time.Dura
 }
 
 func printProbe(e *env, r probeJSON, timeout, window time.Duration) {
-	w := e.stdout
-	fmt.Fprintf(w, "Probing Linux %s on 127.0.0.1 against %s (net.core.somaxconn %d).\n", r.Kernel, r.Personality, r.Somaxconn)
-	fmt.Fprintf(w, "Clients connect one after another and nobody accepts; the first without an answer after %s is watched for %s.\n\n", timeout, window)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "BACKLOG\tCHECK\tMEASURED\tPREDICTED\tVERDICT")
-	for _, c := range r.Checks {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", c.Backlog, c.Check, c.Measured, c.Predicted, c.Verdict)
+	w, width := e.stdout, outputWidth(e.stdout)
+	if r.Interrupted {
+		para(w, width, "", "Interrupted: the checks of listeners the probe had not finished are skipped.")
+		fmt.Fprintln(w)
 	}
-	tw.Flush()
+	para(w, width, "", fmt.Sprintf("Probing Linux %s on 127.0.0.1 against %s (net.core.somaxconn %d).", r.Kernel, r.Personality, r.Somaxconn))
+	para(w, width, "", fmt.Sprintf("Clients connect one after another and nobody accepts; the first without an answer after %s is watched for %s.", durationText(timeout), durationText(window)))
+	fmt.Fprintln(w)
+	t := &table{cols: []column{
+		{name: "BACKLOG", right: true}, {name: "CHECK"}, {name: "MEASURED", wrap: true, min: 12},
+		{name: "PREDICTED", wrap: true, min: 12}, {name: "VERDICT"},
+	}}
+	for _, c := range r.Checks {
+		t.add(strconv.Itoa(c.Backlog), c.Check, c.Measured, c.Predicted, c.Verdict)
+	}
+	t.write(w, width)
 	fmt.Fprintln(w)
 	if c := r.Counters; c != nil {
-		fmt.Fprintf(w, "Host counters during the probe: ListenOverflows +%d, ListenDrops +%d, TCPReqQFullDrop +%d, SyncookiesSent +%d.\n",
-			c.ListenOverflows, c.ListenDrops, c.TCPReqQFullDrop, c.SyncookiesSent)
+		para(w, width, "", fmt.Sprintf("Host counters during the probe: ListenOverflows +%d, ListenDrops +%d, TCPReqQFullDrop +%d, SyncookiesSent +%d.",
+			c.ListenOverflows, c.ListenDrops, c.TCPReqQFullDrop, c.SyncookiesSent))
 	}
-	if r.Differ == 0 {
+	switch {
+	case r.Differ == 0 && r.Interrupted:
+		fmt.Fprintf(w, "The %d checks made match %s.\n", measured(r.Checks), r.Personality)
+	case r.Differ == 0:
 		fmt.Fprintf(w, "All %d checks match %s.\n", measured(r.Checks), r.Personality)
-		return
+	default:
+		fmt.Fprintf(w, "%d of %d checks differ from %s.\n", r.Differ, measured(r.Checks), r.Personality)
 	}
-	fmt.Fprintf(w, "%d of %d checks differ from %s.\n", r.Differ, measured(r.Checks), r.Personality)
 }

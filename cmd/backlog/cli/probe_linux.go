@@ -89,7 +89,8 @@ func probeListener(ctx context.Context, cfg probeConfig) (m probeMeasure, err er
 		done, cerr := c.answer(ctx, cfg.timeout)
 		switch {
 		case ctx.Err() != nil:
-			return m, ctx.Err()
+			m.Interrupted = true
+			return m, nil
 		case done && cerr != nil:
 			// Refused or reset at once: nothing more to watch.
 			left = c
@@ -115,25 +116,35 @@ func probeListener(ctx context.Context, cfg probeConfig) (m probeMeasure, err er
 	}
 	if m.Overflow.Outcome == "" {
 		if err := left.watch(ctx, cfg.window, &m.Overflow); err != nil {
+			if ctx.Err() != nil {
+				m.Interrupted = true
+				return m, nil
+			}
 			return m, err
 		}
 	}
-	st, err = ln.KernelStats()
-	if err != nil {
-		return m, err
+	// The drop count and the retransmissions, read so that neither has a
+	// SYN the other lacks: the SYNs sent before and after the drops were
+	// read are the same.
+	for {
+		sent := left.retransmits(&m.Overflow)
+		st, err = ln.KernelStats()
+		if err != nil {
+			return m, err
+		}
+		if left.retransmits(&m.Overflow) == sent {
+			m.Drops = st.Drops
+			return m, nil
+		}
 	}
-	m.Drops = st.Drops
-	// A retransmission between the last look and the drop count shows in
-	// both.
-	left.retransmits(&m.Overflow)
-	return m, nil
 }
 
 // probeClient is one client socket, connecting without blocking.
 type probeClient struct {
 	fd    int
 	start time.Time
-	seen  uint32 // retransmissions recorded
+	seen  uint32        // retransmissions recorded
+	look  time.Duration // when the last look at TCP_INFO began
 }
 
 func dialProbe(addr netip.AddrPort) (*probeClient, error) {
@@ -231,15 +242,21 @@ func (c *probeClient) ended(err error, o *overflowMeasure) error {
 }
 
 // retransmits records the retransmissions TCP_INFO counts beyond those
-// already seen, at the present time.
-func (c *probeClient) retransmits(o *overflowMeasure) {
+// already seen: each one happened after the previous look began and
+// before this one ended, however long the probe was kept from looking.
+// It returns the count.
+func (c *probeClient) retransmits(o *overflowMeasure) uint32 {
+	before := time.Since(c.start)
 	info, err := unix.GetsockoptTCPInfo(c.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	after := time.Since(c.start)
 	if err != nil {
-		return
+		return c.seen
 	}
-	now := time.Since(c.start)
 	for ; c.seen < info.Total_retrans; c.seen++ {
-		o.Retransmits = append(o.Retransmits, now)
+		o.Retransmits = append(o.Retransmits, after)
+		o.After = append(o.After, c.look)
 		o.RTO = append(o.RTO, time.Duration(info.Rto)*time.Microsecond)
 	}
+	c.look = before
+	return c.seen
 }

@@ -3,9 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -26,117 +24,85 @@ import (
 	"github.com/backlog-dev/backlog/netstack"
 )
 
-const serveUsage = `Usage: backlog serve [flags]
-
-Runs a real server with the backlog you choose and shows its queue while it
-runs, until interrupted (SIGINT or SIGTERM).
-
-  --listen HOST:PORT   where to listen (default 127.0.0.1:8080)
-  --transport T        kernel (default): this host's kernel; netstack: a
-                       user-space stack attached to a TUN device (--tun, --addr)
-  --tun NAME           the TUN device for netstack (created if missing)
-  --addr CIDR          the user-space host's address on the TUN device, such
-                       as 198.18.0.2/15; HOST in --listen is then that address
-                       and the kernel's side of the device takes the first
-                       other address of the prefix
-  --backlog N          the backlog passed to listen() (default 128)
-  --personality NAME   the system whose rules to follow (default: this
-                       host's; on the kernel transport another is emulated)
-  --accept PACE        none, max (default), or a rate such as 10/s
-  --accept-after D     the first accept waits D
-  --relisten D:N       call listen(N) again D after the start (repeatable)
-  --handler H          http (default): a page describing the queue; echo
-  --reuseport N        N listeners on the address with SO_REUSEPORT, each
-                       with its own accept loop (default 1, no SO_REUSEPORT;
-                       kernel transport): the kernel spreads connections over
-                       them, and the view shows each one's queue and how
-                       unevenly they are loaded
-  --metrics ADDR       serve Prometheus metrics at http://ADDR/metrics
-  --interval D         how often to show the queue (default 1s)
-
-The view shows the queue, the half-open handshakes, the counters and how
-long accepted connections waited in the queue (p50 and p99, rounded up to
-a bucket of the histogram); what the transport cannot see shows as n/a.
-`
-
 type serveFlags struct {
-	listen, transport, tun, addr string
-	backlog                      int
-	personality                  string
-	accept                       string
-	acceptAfter                  time.Duration
-	relisten                     relistenFlag
-	handler                      string
-	metrics                      string
-	interval                     time.Duration
-	reuseport                    int
+	listen, transport, tun string
+	addr                   netip.Prefix
+	backlog                request
+	personality            []backlog.Personality
+	accept                 lab.AcceptPolicy
+	relisten               []lab.Relisten
+	handler                string
+	metrics                string
+	interval               time.Duration
+	reuseport              int
+	readHeader, read       time.Duration
+	write, idle            time.Duration
+	keepCaps               bool
 }
 
-func runServe(ctx context.Context, e *env, args []string) error {
+func serveCommand() (*flags, runFunc) {
+	fl := newFlags("serve", "[flags]", `
+Runs a real server with the backlog you choose and shows its queue while it
+runs, until interrupted (SIGINT or SIGTERM, exit status 130): the queue,
+the half-open handshakes, the counters and how long accepted connections
+waited in the queue (p50 and p99, rounded up to a bucket of the histogram);
+what the transport cannot see shows as n/a. Run as root (for --tun), it
+drops every capability once its device is open and its sockets are bound.`)
 	var f serveFlags
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "")
-	fs.StringVar(&f.transport, "transport", transport.Kernel, "")
-	fs.StringVar(&f.tun, "tun", "", "")
-	fs.StringVar(&f.addr, "addr", "", "")
-	fs.IntVar(&f.backlog, "backlog", 128, "")
-	fs.StringVar(&f.personality, "personality", "", "")
-	fs.StringVar(&f.accept, "accept", "max", "")
-	fs.DurationVar(&f.acceptAfter, "accept-after", 0, "")
-	fs.Var(&f.relisten, "relisten", "")
-	fs.StringVar(&f.handler, "handler", "http", "")
-	fs.StringVar(&f.metrics, "metrics", "", "")
-	fs.DurationVar(&f.interval, "interval", time.Second, "")
-	fs.IntVar(&f.reuseport, "reuseport", 1, "")
-	rest, err := parseFlags(e, fs, serveUsage, args)
-	if err != nil {
-		return helpIsNotAnError(err)
-	}
-	if len(rest) > 0 {
-		return usagef("serve", "unexpected argument %q; serve takes only flags", rest[0])
-	}
-	policy, err := parseAccept("serve", f.accept)
-	if err != nil {
-		return err
-	}
-	policy.After = f.acceptAfter
-	switch {
-	case f.handler != "http" && f.handler != "echo":
-		return usagef("serve", "unknown handler %q; valid: http, echo", f.handler)
-	case f.transport != transport.Kernel && f.transport != transport.Netstack:
-		return usagef("serve", "unknown transport %q; valid: kernel, netstack", f.transport)
-	case f.transport == transport.Netstack && (f.tun == "" || f.addr == ""):
-		return usagef("serve", "--transport netstack needs --tun NAME and --addr CIDR (the user-space host's address)")
-	case f.transport == transport.Kernel && (f.tun != "" || f.addr != ""):
-		return usagef("serve", "--tun and --addr go with --transport netstack")
-	case f.interval <= 0:
-		return usagef("serve", "--interval must be more than 0")
-	case f.reuseport < 1 || f.reuseport > maxShards:
-		return usagef("serve", "--reuseport %d: give from 1 to %d listeners", f.reuseport, maxShards)
-	case f.reuseport > 1 && f.transport != transport.Kernel:
-		return usagef("serve", "--reuseport %d needs --transport kernel: netstack has no SO_REUSEPORT", f.reuseport)
-	}
-	if _, _, err := net.SplitHostPort(f.listen); err != nil {
-		return usagef("serve", "--listen %q: give HOST:PORT, such as 127.0.0.1:8080", f.listen)
-	}
-	p := transport.Host()
-	if f.personality != "" {
-		ps, err := resolve("serve", []string{f.personality})
-		if err != nil {
+	fl.addrFlag(&f.listen, "listen", "HOST:PORT", "where to listen; with --tun, HOST is the --addr address", "", "127.0.0.1:8080", true)
+	fl.defs[len(fl.defs)-1].def = "127.0.0.1:8080, with --tun the --addr address and port 8080"
+	fl.choiceFlag(&f.transport, "transport", "T", "kernel: this host's kernel; netstack: a user-space stack attached to a TUN device (--tun, --addr)", transport.Kernel, transport.Kernel, transport.Netstack)
+	fl.add("tun", "NAME", "the TUN device for netstack, created if missing", "", tunValue{&f.tun})
+	fl.add("addr", "CIDR", "the user-space host's address on the TUN device, such as 198.18.0.2/15; the kernel's side of the device takes the first other address of the prefix", "", prefixValue{&f.addr})
+	fl.backlogFlag(&f.backlog, "backlog", "the backlog passed to listen(): an integer, SOMAXCONN or SOMAXCONN_HINT(N)", 128)
+	fl.personalityFlag(&f.personality, "the system whose rules to follow; on the kernel transport another system than the host's is emulated", "this host's", true)
+	fl.acceptFlags(&f.accept, "max")
+	fl.relistenFlag(&f.relisten)
+	fl.choiceFlag(&f.handler, "handler", "H", "http: a page describing the queue; echo: echoes what it reads", "http", "http", "echo")
+	fl.intFlag(&f.reuseport, "reuseport", "N", "N listeners on the address with SO_REUSEPORT, each with its own accept loop (kernel transport); 1 is one listener without it", 1, 1, maxShards, "a number of listeners")
+	fl.addrFlag(&f.metrics, "metrics", "ADDR", "serve Prometheus metrics at http://ADDR/metrics", "", "127.0.0.1:9090", true)
+	fl.durationFlag(&f.interval, "interval", "how often to show the queue", time.Second, 10*time.Millisecond, time.Hour)
+	fl.durationFlag(&f.readHeader, "read-header-timeout", "http: how long a client may take to send a request's header", 10*time.Second, time.Millisecond, time.Hour)
+	fl.durationFlag(&f.read, "read-timeout", "http: how long a client may take to send a whole request", 30*time.Second, time.Millisecond, time.Hour)
+	fl.durationFlag(&f.write, "write-timeout", "http: how long writing a response may take", 30*time.Second, time.Millisecond, time.Hour)
+	fl.durationFlag(&f.idle, "idle-timeout", "how long a connection may stay idle (http: between requests; echo: between reads) before it is closed", time.Minute, time.Millisecond, 24*time.Hour)
+	fl.switchFlag(&f.keepCaps, "keep-capabilities", "do not drop capabilities once set up")
+	return fl, func(ctx context.Context, e *env, args []string) error {
+		if err := fl.onlyFlags(args); err != nil {
 			return err
 		}
-		if len(ps) != 1 {
-			return usagef("serve", "--personality takes one system, not all")
+		switch {
+		case f.transport == transport.Netstack && (f.tun == "" || !f.addr.IsValid()):
+			return usagef("serve", "--transport netstack needs --tun NAME and --addr CIDR (the user-space host's address)")
+		case f.transport == transport.Kernel && (f.tun != "" || f.addr.IsValid()):
+			return usagef("serve", "--tun and --addr go with --transport netstack")
+		case f.reuseport > 1 && f.transport != transport.Kernel:
+			return fl.invalid("reuseport", "needs --transport kernel: netstack has no SO_REUSEPORT")
 		}
-		p = ps[0]
+		if f.listen == "" {
+			f.listen = "127.0.0.1:8080"
+			if f.transport == transport.Netstack {
+				f.listen = net.JoinHostPort(f.addr.Addr().String(), "8080")
+			}
+		} else if f.transport == transport.Netstack {
+			host, _, _ := net.SplitHostPort(f.listen)
+			if host != "" && host != f.addr.Addr().String() && host != "0.0.0.0" {
+				return fl.invalid("listen", fmt.Sprintf("with --tun, HOST is the --addr address, %s (or leave it out)", f.addr.Addr()))
+			}
+		}
+		p := transport.Host()
+		if len(f.personality) == 1 {
+			p = f.personality[0]
+		}
+		s := &server{e: e, f: f, p: p, policy: f.accept}
+		if err := s.listen(ctx); err != nil {
+			s.close()
+			return err
+		}
+		defer s.close()
+		s.privileges = dropPrivileges(f.keepCaps)
+		return s.run(ctx)
 	}
-
-	s := &server{e: e, f: f, p: p, policy: policy}
-	if err := s.listen(ctx); err != nil {
-		return err
-	}
-	defer s.close()
-	return s.run(ctx)
 }
 
 // maxShards bounds --reuseport.
@@ -150,45 +116,57 @@ type server struct {
 	policy lab.AcceptPolicy
 
 	// One of each per shard: the opened listener, and the same paced.
-	srvs    []*transport.Server
-	ls      []backlog.Listener
-	paced   []net.Listener
-	note    string // how the listener follows its personality
-	metrics *http.Server
-	http    *http.Server
-	wg      sync.WaitGroup
+	srvs  []*transport.Server
+	ls    []backlog.Listener
+	paced []net.Listener
+	note  string // how the listener follows its personality
+	// emulated is set when the personality is emulated in front of the
+	// kernel's queue.
+	emulated   bool
+	emulation  lab.EmulationMode
+	privileges string // what became of the process's capabilities
+	metricsLn  net.Listener
+	metrics    *http.Server
+	http       *http.Server
+	wg         sync.WaitGroup
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 }
 
 func (s *server) listen(ctx context.Context) error {
-	cfg := transport.Config{Transport: s.f.transport, Personality: s.p, Backlog: s.f.backlog, Network: "tcp", Address: s.f.listen,
+	cfg := transport.Config{Transport: s.f.transport, Personality: s.p, Backlog: s.f.backlog.value(s.p), Network: "tcp", Address: s.f.listen,
 		ReusePort: s.f.reuseport > 1}
 	if s.f.transport == transport.Netstack {
-		prefix, err := netip.ParsePrefix(s.f.addr)
-		if err != nil || !prefix.Addr().Is4() {
-			return usagef("serve", "--addr %q: give an IPv4 address with its prefix, such as 198.18.0.2/15", s.f.addr)
-		}
+		prefix := s.f.addr
 		kernelSide, ok := otherAddr(prefix)
 		if !ok {
-			return usagef("serve", "--addr %q: the prefix has no room for the kernel's side", s.f.addr)
-		}
-		host, _, _ := net.SplitHostPort(s.f.listen)
-		if host != "" && host != prefix.Addr().String() && host != "0.0.0.0" {
-			return usagef("serve", "--listen %q: with --tun, HOST is the --addr address, %s", s.f.listen, prefix.Addr())
+			return usagef("serve", "--addr %q: the prefix has no room for the kernel's side", prefix)
 		}
 		kernelPrefix := netip.PrefixFrom(kernelSide, prefix.Bits())
 		cfg.TUN = &netstack.TUNConfig{Name: s.f.tun, Addrs: []netip.Addr{prefix.Addr()}, KernelPrefix: kernelPrefix}
 		s.note = fmt.Sprintf("user space, on %s; the kernel's side is %v", s.f.tun, kernelPrefix)
 	}
+	if s.f.metrics != "" {
+		// Bound first, so that a busy port fails before anything is
+		// served, and named for what it is.
+		ln, err := net.Listen("tcp", s.f.metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics %s: %w", s.f.metrics, err)
+		}
+		s.metricsLn = ln
+	}
 	for i := range s.f.reuseport {
 		srv, err := transport.Open(ctx, cfg)
 		if err != nil {
-			return err
+			if s.f.transport == transport.Netstack {
+				return fmt.Errorf("--tun %s: %w", s.f.tun, err)
+			}
+			return fmt.Errorf("--listen %s: %w", s.f.listen, err)
 		}
 		if srv.Emulated {
-			s.note = "emulated in front of the kernel's queue"
+			s.emulated = true
+			s.emulation = emulationHow(srv)
 		}
 		if i == 0 {
 			// The other shards take the address the first one got.
@@ -313,20 +291,26 @@ func otherAddr(p netip.Prefix) (netip.Addr, bool) {
 }
 
 func (s *server) run(ctx context.Context) error {
+	w, width := s.e.stdout, outputWidth(s.e.stdout)
 	st := s.ls[0].Stats()
-	fmt.Fprintf(s.e.stdout, "serving %s on %s (%s, %s): listen(%d) stored %d, %d can wait; accepting: %s\n",
-		s.f.handler, s.ls[0].Addr(), s.f.transport, s.p, st.Requested, st.Backlog, st.Capacity, s.policy)
+	para(w, width, "", fmt.Sprintf("serving %s on %s (%s, %s)", s.f.handler, s.ls[0].Addr(), s.f.transport, s.p))
+	para(w, width, "", fmt.Sprintf("listen(%d) stored %d, %d can wait; accepting: %s", st.Requested, st.Backlog, st.Capacity, s.policy))
 	if s.note != "" {
-		fmt.Fprintf(s.e.stdout, "%s: %s\n", s.p, s.note)
+		para(w, width, "", fmt.Sprintf("%s: %s", s.p, s.note))
 	}
-	if s.f.metrics != "" {
-		if err := s.serveMetrics(); err != nil {
-			return err
-		}
+	if s.emulated {
+		para(w, width, "", emulationNote(s.p.String(), s.emulation))
+	}
+	if s.privileges != "" {
+		para(w, width, "", s.privileges)
+	}
+	if s.metricsLn != nil {
+		s.serveMetrics()
 	}
 	s.conns = map[net.Conn]struct{}{}
 	if s.f.handler == "http" {
-		s.http = &http.Server{Handler: http.HandlerFunc(s.page), ReadHeaderTimeout: 10 * time.Second}
+		s.http = &http.Server{Handler: http.HandlerFunc(s.page),
+			ReadHeaderTimeout: s.f.readHeader, ReadTimeout: s.f.read, WriteTimeout: s.f.write, IdleTimeout: s.f.idle}
 	}
 	for _, pl := range s.paced {
 		s.wg.Add(1)
@@ -339,6 +323,13 @@ func (s *server) run(ctx context.Context) error {
 
 	start := time.Now()
 	live := isTerminal(s.e.stderr)
+	drawn := 0 // lines of the live view on screen
+	clear := func() {
+		if live && drawn > 0 {
+			fmt.Fprintf(s.e.stderr, "\r\x1b[2K%s", strings.Repeat("\x1b[1A\x1b[2K", drawn-1))
+			drawn = 0
+		}
+	}
 	tick := time.NewTicker(s.f.interval)
 	defer tick.Stop()
 	prev := s.stats()
@@ -368,38 +359,39 @@ func (s *server) run(ctx context.Context) error {
 				}
 			}
 			st := s.stats()
-			if live {
-				fmt.Fprint(s.e.stderr, "\r\x1b[2K")
-			}
+			clear()
 			if err != nil {
-				fmt.Fprintf(s.e.stdout, "after %s, listen(%d) again failed: %v\n", step.After, step.Backlog, err)
+				fmt.Fprintf(w, "after %s, listen(%d) again failed: %v\n", step.After, step.Backlog, err)
 			} else {
-				fmt.Fprintf(s.e.stdout, "after %s, listen(%d) again: backlog %d, %d can wait\n", step.After, step.Backlog, st.Backlog, st.Capacity)
+				fmt.Fprintf(w, "after %s, listen(%d) again: backlog %d, %d can wait\n", step.After, step.Backlog, st.Backlog, st.Capacity)
 			}
 			continue
 		case <-ctx.Done():
-			if live {
-				fmt.Fprintln(s.e.stderr)
-			}
+			clear()
 			final := s.stats()
-			fmt.Fprintf(s.e.stdout, "stopped after %s: %d accepted, %s refused, %s ignored, %s reset, %s; %s\n",
+			para(w, width, "", fmt.Sprintf("stopped after %s: %d accepted, %s refused, %s ignored, %s reset, %s; %s",
 				time.Since(start).Round(time.Second), final.Accepted, value(final.Stats, backlog.StatRefused),
-				value(final.Stats, backlog.StatIgnored), value(final.Stats, backlog.StatReset), final.dropText(), waitText(final.Stats))
-			return nil
+				value(final.Stats, backlog.StatIgnored), value(final.Stats, backlog.StatReset), final.dropText(), waitText(final.Stats)))
+			return errInterrupted
 		case <-tick.C:
 		}
 		now := s.stats()
 		line := now.line(prev, s.f.interval)
 		prev = now
-		if live {
-			fmt.Fprintf(s.e.stderr, "\r\x1b[2K%s", line)
-		} else {
+		if !live {
 			fmt.Fprintln(s.e.stderr, line)
+			continue
 		}
+		// Redrawn in place, wrapped a column short of the terminal's
+		// width so that no line wraps on its own.
+		clear()
+		lines := wrap(line, outputWidth(s.e.stderr)-1)
+		fmt.Fprint(s.e.stderr, strings.Join(lines, "\n"))
+		drawn = len(lines)
 	}
 }
 
-func (s *server) serveMetrics() error {
+func (s *server) serveMetrics() {
 	col := metrics.NewCollector()
 	for _, l := range s.ls {
 		// Shards share these labels; the collector tells them apart by
@@ -408,17 +400,13 @@ func (s *server) serveMetrics() error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(col)
-	ln, err := net.Listen("tcp", s.f.metrics)
-	if err != nil {
-		return err
-	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(s.e.stdout, "metrics on http://%s/metrics\n", ln.Addr())
+	s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: s.f.readHeader, ReadTimeout: s.f.read, WriteTimeout: s.f.write, IdleTimeout: s.f.idle}
+	fmt.Fprintf(s.e.stdout, "metrics on http://%s/metrics\n", s.metricsLn.Addr())
+	ln := s.metricsLn
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.metrics.Serve(ln) }()
-	return nil
 }
 
 // echoLoop accepts from pl at the chosen pace and echoes each connection
@@ -444,8 +432,27 @@ func (s *server) echoLoop(pl net.Listener) {
 				s.mu.Unlock()
 				c.Close()
 			}()
-			io.Copy(c, c)
+			s.echo(c)
 		}()
+	}
+}
+
+// echo writes back what c sends until it closes or stays idle longer than
+// --idle-timeout.
+func (s *server) echo(c net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		c.SetReadDeadline(time.Now().Add(s.f.idle))
+		n, err := c.Read(buf)
+		if n > 0 {
+			c.SetWriteDeadline(time.Now().Add(s.f.write))
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -469,6 +476,8 @@ func (s *server) close() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		s.metrics.Shutdown(ctx)
 		cancel()
+	} else if s.metricsLn != nil {
+		s.metricsLn.Close()
 	}
 	s.mu.Lock()
 	for c := range s.conns {
@@ -479,4 +488,14 @@ func (s *server) close() {
 	for _, srv := range s.srvs {
 		srv.Close()
 	}
+}
+
+// emulationHow says how an emulated personality is followed on the
+// kernel: at the SYN, or after accept() and why.
+func emulationHow(srv *transport.Server) lab.EmulationMode {
+	if kl, ok := srv.Listener.(*kernel.Listener); ok {
+		mode, why := kl.Emulation()
+		return lab.EmulationMode{AtSYN: mode == kernel.EmulateAtSYN, Why: why}
+	}
+	return lab.EmulationMode{}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -22,8 +21,18 @@ import (
 	"github.com/backlog-dev/backlog/kernel"
 )
 
-const topUsage = `Usage: backlog top [flags]
+// topFlags holds the flags of one top command.
+type topFlags struct {
+	interval  time.Duration
+	once      bool
+	json      bool
+	ports     []uint16
+	processes []string
+	limit     int
+}
 
+func topCommand() (*flags, runFunc) {
+	fl := newFlags("top", "[flags]", `
 Shows every listening TCP socket of this host (of its network namespace),
 whichever process holds it: the local address, the process, how many
 connections wait for accept() (QUEUE), the stored backlog, how full the
@@ -39,30 +48,23 @@ rates. Processes of other users show as "-" unless run as root; control
 characters in their names are shown escaped (\x1b). On a terminal the view
 is redrawn every interval, fitted to its width and height, until
 interrupted; otherwise a table is printed every interval. Interrupted,
-top leaves the last view on screen and exits with status 130. Linux only.
-
-  --interval D     time between readings (default 1s; 10ms to 1h)
-  --once           print one table and exit: the second of two readings
-                   --interval apart, so that the rates are known
-  --json           with --once: print a JSON array, one object per socket
-                   (local, pid, process, uid, inode, queue, backlog,
-                   capacity, full, syn_queue, syn_retransmitted, drops,
-                   queue_per_s, drops_per_s, group, group_imbalance)
-  --port N         only sockets on this local port (repeatable)
-  --process NAME   only sockets of processes with this name, as ps -o comm
-                   shows it (repeatable)
-  --limit N        show at most N sockets (default 0: all, or on a
-                   terminal as many as fit)
-`
-
-// topFlags holds the flags of one top command.
-type topFlags struct {
-	interval  time.Duration
-	once      bool
-	json      bool
-	ports     listFlag
-	processes listFlag
-	limit     int
+top leaves the last view on screen and exits with status 130. Linux only.`)
+	var f topFlags
+	fl.durationFlag(&f.interval, "interval", "time between readings", time.Second, 10*time.Millisecond, time.Hour)
+	fl.switchFlag(&f.once, "once", "print one table and exit: the second of two readings --interval apart, so that the rates are known")
+	fl.switchFlag(&f.json, "json", "with --once: print a JSON array, one object per socket (local, pid, process, uid, inode, queued_now, backlog, capacity, full, syn_queue, syn_retransmitted, drops, queued_now_per_s, drops_per_s, group, group_imbalance)")
+	fl.add("port", "N", "only sockets on this local port (repeatable)", "", portListValue{&f.ports})
+	fl.add("process", "NAME", "only sockets of processes with this name, as ps -o comm shows it (repeatable)", "", stringListValue{&f.processes})
+	fl.intFlag(&f.limit, "limit", "N", "show at most N sockets; 0: all, or on a terminal as many as fit", 0, 0, 1<<20, "a number of sockets")
+	return fl, func(ctx context.Context, e *env, args []string) error {
+		if err := fl.onlyFlags(args); err != nil {
+			return err
+		}
+		if f.json && !f.once {
+			return fl.invalid("json", "needs --once: it prints one snapshot")
+		}
+		return runTop(ctx, e, f)
+	}
 }
 
 // topReading is one look at the host: its listening sockets and counters.
@@ -93,14 +95,14 @@ type topRow struct {
 	Process          string   `json:"process"`
 	UID              uint32   `json:"uid"`
 	Inode            uint64   `json:"inode"`
-	Queue            int      `json:"queue"`
+	Queue            int      `json:"queued_now"`
 	Backlog          int      `json:"backlog"`
 	Capacity         int      `json:"capacity"`
 	Full             float64  `json:"full"`
 	SynQueue         int      `json:"syn_queue"`
 	SynRetransmitted int      `json:"syn_retransmitted"`
 	Drops            uint64   `json:"drops"`
-	QueueRate        *float64 `json:"queue_per_s"`
+	QueueRate        *float64 `json:"queued_now_per_s"`
 	DropRate         *float64 `json:"drops_per_s"`
 	Group            int      `json:"group"`
 	GroupImbalance   *float64 `json:"group_imbalance"`
@@ -197,36 +199,10 @@ func fullness(queue, capacity int) float64 {
 	return float64(queue) / float64(capacity)
 }
 
-func runTop(ctx context.Context, e *env, args []string) error {
-	var f topFlags
-	fs := flag.NewFlagSet("top", flag.ContinueOnError)
-	fs.DurationVar(&f.interval, "interval", time.Second, "")
-	fs.BoolVar(&f.once, "once", false, "")
-	fs.BoolVar(&f.json, "json", false, "")
-	fs.Var(&f.ports, "port", "")
-	fs.Var(&f.processes, "process", "")
-	fs.IntVar(&f.limit, "limit", 0, "")
-	rest, err := parseFlags(e, fs, topUsage, args)
-	if err != nil {
-		return helpIsNotAnError(err)
-	}
-	switch {
-	case len(rest) > 0:
-		return usagef("top", "unexpected argument %q; top takes only flags", rest[0])
-	case f.interval < 10*time.Millisecond || f.interval > time.Hour:
-		return usagef("top", "--interval %s: give a duration from 10ms to 1h", f.interval)
-	case f.json && !f.once:
-		return usagef("top", "--json needs --once: it prints one snapshot")
-	case f.limit < 0:
-		return usagef("top", "--limit %d: give 0 (all) or more", f.limit)
-	}
+func runTop(ctx context.Context, e *env, f topFlags) error {
 	filter := topFilter{ports: map[uint16]bool{}, processes: map[string]bool{}}
 	for _, p := range f.ports {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return usagef("top", "--port %q: give a port from 1 to 65535", p)
-		}
-		filter.ports[uint16(n)] = true
+		filter.ports[p] = true
 	}
 	for _, p := range f.processes {
 		filter.processes[p] = true

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -56,14 +55,8 @@ var escapes = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
 // the line after the echoed ^C, not in the middle of one.
 func TestTopInterruptedOnATerminal(t *testing.T) {
 	requireLinux(t)
-	if testing.Short() {
-		t.Skip("builds the command")
-	}
 	queueListener(t, 3, 1, false)
-	bin := filepath.Join(t.TempDir(), "backlog")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/backlog-dev/backlog/cmd/backlog").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := requireBinary(t)
 	master, slave := openPTY(t, 24, 80)
 	cmd := exec.Command(bin, "top", "--interval", "30s")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
