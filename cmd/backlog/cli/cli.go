@@ -143,7 +143,7 @@ func help(e *env, cmds []command, args []string) error {
 	if len(args) > 0 {
 		for _, c := range cmds {
 			if c.name == args[0] {
-				f, _ := c.setup()
+				f, _ := c.variant(args[1:])()
 				f.usage(e.stdout)
 				return nil
 			}
