@@ -43,4 +43,18 @@
 // connections of a kernel socket on systems that do not report them, is
 // marked in [Stats.Unobserved] and shown as null or "n/a", never as a 0
 // that reads as a fact.
+//
+// # Overload
+//
+// A larger backlog keeps SYNs from being dropped, and under overload that
+// is the trap: the queue turns the excess into waiting, and by the time
+// accept() reaches a connection its client may be gone. [Overload] is a
+// policy that bounds the wait instead, by CoDel's rule as Facebook applies
+// it to request queues: once the oldest waiting connection has waited past
+// a target for a whole interval, every connection past the target is
+// reset rather than served, and, optionally, the newest is served first
+// and the backlog is sized to the accept rate times the target. A
+// [Shedder] is the rule as a state machine that reads no clock; package
+// kernel and package netstack apply it at Accept and count what it resets
+// in [Stats.Overdue].
 package backlog

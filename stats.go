@@ -71,6 +71,13 @@ type Stats struct {
 	// SyncookiesRecv counts valid SYN-cookie ACKs that became connections.
 	SyncookiesRecv uint64 `json:"syncookies_recv"`
 
+	// Overdue counts connections reset instead of served because they had
+	// waited past the target of the listener's Overload policy while its
+	// queue stood. accept() took them, so Accepted counts them, and so
+	// does Reset; QueueWait does not, since it has the waits of the
+	// connections served. Without a policy it stays 0.
+	Overdue uint64 `json:"overdue"`
+
 	// QueueWait is how long accepted connections waited in the accept
 	// queue. A Queue has no clock: the transport measures it (package
 	// kernel from the kernel's own account, package netstack from its
@@ -111,6 +118,9 @@ const (
 	// StatQueueWait is Stats.QueueWait, a histogram: StatFields, which
 	// lists the numbers, does not have it.
 	StatQueueWait
+	// StatOverdue is Stats.Overdue; it comes last so that the bits above
+	// keep their values.
+	StatOverdue
 )
 
 // StatField describes one value of Stats: its bit, its JSON name, and how
@@ -152,6 +162,7 @@ var StatFields = []StatField{
 	{StatTCPReqQFullDoCookies, "tcp_req_q_full_do_cookies", false, func(s *Stats) uint64 { return s.TCPReqQFullDoCookies }, func(s *Stats, v uint64) { s.TCPReqQFullDoCookies = v }},
 	{StatSyncookiesSent, "syncookies_sent", false, func(s *Stats) uint64 { return s.SyncookiesSent }, func(s *Stats, v uint64) { s.SyncookiesSent = v }},
 	{StatSyncookiesRecv, "syncookies_recv", false, func(s *Stats) uint64 { return s.SyncookiesRecv }, func(s *Stats, v uint64) { s.SyncookiesRecv = v }},
+	{StatOverdue, "overdue", false, func(s *Stats) uint64 { return s.Overdue }, func(s *Stats, v uint64) { s.Overdue = v }},
 }
 
 // Add returns s and o together, for listeners reported as one (the

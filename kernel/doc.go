@@ -166,6 +166,23 @@
 // cost about 15 µs per connection), and with 8 clients at once to 0.5 to
 // 0.65 (BenchmarkShaper).
 //
+// # Overload
+//
+// With ListenConfig.Overload, Accept reads each connection's wait as
+// above and asks a backlog.Shedder whether to serve it: while the queue
+// stands (its oldest connection has waited past the target for an
+// interval), a connection that waited past the target is closed with
+// SO_LINGER 0, which sends a reset, and Accept goes on to the next;
+// Stats.Overdue counts them. The kernel's queue gives up its oldest
+// connection only, so to serve the newest first (Overload.LIFO) Accept
+// takes every waiting connection while a queue forms: accept4 on the
+// non-blocking socket, inside RawConn.Control, until EAGAIN, and keeps
+// them, at most 1024, until they are served, reset as overdue, or reset
+// by Close. Overload.SizeBacklog calls listen() again, which on Linux only
+// stores the new backlog (above), so a smaller one drops SYNs early
+// without touching what waits. The policy needs the queue wait, so it is
+// available on Linux TCP listeners without a Personality.
+//
 // # Running out of descriptors
 //
 // When accept() fails with EMFILE or ENFILE (or ENOBUFS, ENOMEM) on Linux or

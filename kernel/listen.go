@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog"
+	"github.com/backlog-dev/backlog/internal/overload"
 )
 
 // A ListenConfig says how to create a listening socket. Its zero value is
@@ -81,6 +82,14 @@ type ListenConfig struct {
 	// Stats.QueueWait is then unobserved. False measures it where the
 	// system can (Linux TCP listeners).
 	SkipQueueWait bool
+
+	// Overload, unless it is the zero value, resets instead of serving
+	// the connections that waited past its Target while the queue stands,
+	// and can serve newest first and size the backlog (backlog.Overload
+	// says how, and why). It needs the queue wait: Linux TCP listeners
+	// only, without SkipQueueWait and without a Personality. The sheds are
+	// counted in Stats.Overdue. The zero value changes nothing.
+	Overload backlog.Overload
 }
 
 // Listen listens on address with the given backlog: it is ListenConfig{Backlog:
@@ -114,7 +123,15 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 			return nil, err
 		}
 		s.warnIfClamped(requested, s.Backlog())
-		return lc.newListener(s, s), nil
+		l := lc.newListener(s, s)
+		if err := lc.applyOverload(l); err != nil {
+			s.Close()
+			return nil, &net.OpError{Op: "listen", Net: network, Addr: s.Addr(), Err: err}
+		}
+		return l, nil
+	}
+	if lc.Overload != (backlog.Overload{}) {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: unsupported("an overload policy with a Personality: it applies to the kernel's own queue")}
 	}
 	// The kernel queue only has to hold connections until the emulation
 	// takes them: give it all the room there is.
@@ -193,6 +210,8 @@ type Listener struct {
 	// waits gathers the time each accepted connection waited; nil where
 	// it is not measured.
 	waits *backlog.QueueWaitRecorder
+	// shed applies the overload policy; nil without one.
+	shed *overload.Listener
 }
 
 // queueListener is what the socket listener and the emulation that wraps it
@@ -229,7 +248,14 @@ func (l *Listener) Addr() net.Addr { return l.sock.Addr() }
 // emulated queue holds. On Linux it reads how long the connection waited
 // (Stats.QueueWait; with a Personality, the time in the kernel's queue and
 // the emulated one together), unless ListenConfig.SkipQueueWait is set.
+//
+// With an Overload policy it resets the connections the policy sheds
+// before it returns one, and while the policy serves newest first it
+// returns the newest.
 func (l *Listener) Accept() (net.Conn, error) {
+	if l.shed != nil {
+		return l.overloadAccept()
+	}
 	c, err := l.front.Accept()
 	if err == nil && l.waits != nil {
 		if d, ok := queueWait(c); ok {
@@ -243,14 +269,25 @@ func (l *Listener) Accept() (net.Conn, error) {
 // net.ErrClosed, and so does a second Close. With a Personality, the
 // emulation goroutine has stopped and every connection still queued has
 // been reset when Close returns.
-func (l *Listener) Close() error { return l.front.Close() }
+//
+// With an Overload policy serving newest first, the connections it held
+// are reset too.
+func (l *Listener) Close() error {
+	if l.shed != nil {
+		l.shed.Close()
+	}
+	return l.front.Close()
+}
 
 // SetDeadline sets the deadline for Accept; the zero time means none. An
 // Accept waiting when the deadline passes returns an error whose Timeout
 // method reports true and which wraps os.ErrDeadlineExceeded; as with
 // net.TCPListener, a deadline already past fails Accept even while
 // connections wait.
-func (l *Listener) SetDeadline(t time.Time) error { return l.front.SetDeadline(t) }
+func (l *Listener) SetDeadline(t time.Time) error {
+	l.setDeadlineOverload(t)
+	return l.front.SetDeadline(t)
+}
 
 // SyscallConn returns a raw network connection to the listening socket, as
 // (*net.TCPListener).SyscallConn does.
@@ -272,7 +309,15 @@ func (l *Listener) Backlog() int { return l.front.Backlog() }
 // (backlog.Relisten): waiting connections beyond the new backlog may be
 // reset, or the call may fail with an error wrapping both
 // backlog.ErrRelisten and syscall.EINVAL, as gVisor fails.
-func (l *Listener) SetBacklog(n int) error { return l.front.SetBacklog(n) }
+//
+// With an Overload policy that sizes the backlog, n is also the backlog
+// restored once the policy no longer sizes it.
+func (l *Listener) SetBacklog(n int) error {
+	if l.shed != nil {
+		return l.shed.SetBacklog(n, l.front.SetBacklog)
+	}
+	return l.front.SetBacklog(n)
+}
 
 // Stats returns the listener's gauges and counters as backlog.Stats:
 // Requested, Backlog, Capacity and Len, HalfOpen, Accepted, Reset
@@ -309,6 +354,7 @@ func (l *Listener) Stats() backlog.Stats {
 // Close); the counters kept in user space are filled in regardless.
 func (l *Listener) KernelStats() (Stats, error) {
 	s, err := l.front.KernelStats()
+	l.overloadStats(&s)
 	if l.waits != nil {
 		s.QueueWait = l.waits.Snapshot()
 		s.Unobserved &^= backlog.StatQueueWait

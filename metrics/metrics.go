@@ -41,6 +41,7 @@
 //	backlog_listener_req_q_full_do_cookies_total   SYNs answered with a cookie (TCPReqQFullDoCookies)
 //	backlog_listener_syncookies_sent_total         SYN cookies sent (SyncookiesSent)
 //	backlog_listener_syncookies_recv_total         SYN cookies that came back valid (SyncookiesRecv)
+//	backlog_listener_overdue_total                 connections reset for waiting past the overload target
 //	backlog_listener_dropped_total                 the kernel socket's sk_drops (kernel transport, Linux)
 //
 // and the histogram backlog_listener_queue_wait_seconds, how long accepted
@@ -109,6 +110,8 @@ var statMetrics = map[backlog.Stat]statMetric{
 		"SYNs answered with a SYN cookie because the SYN queue was full or cookies are always on (as TcpExt TCPReqQFullDoCookies counts them)."},
 	backlog.StatSyncookiesSent: {"syncookies_sent_total", "SYN cookies sent (as TcpExt SyncookiesSent counts them)."},
 	backlog.StatSyncookiesRecv: {"syncookies_recv_total", "SYN-cookie ACKs that came back valid and became connections (as TcpExt SyncookiesRecv counts them)."},
+	backlog.StatOverdue: {"overdue_total",
+		"Connections reset instead of served because they had waited past the overload policy's target while the queue stood (also counted in accepted_total and reset_total)."},
 }
 
 // droppedHelp is the help of the sk_drops counters, here and in

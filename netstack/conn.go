@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -20,6 +21,9 @@ type Conn struct {
 	ep        tcpip.Endpoint
 	closeOnce sync.Once
 	onClose   func()
+	// waited is how long the connection waited in the accept queue, for
+	// an accepted one.
+	waited time.Duration
 }
 
 func newConn(c *gonet.TCPConn, ep tcpip.Endpoint) *Conn { return &Conn{TCPConn: c, ep: ep} }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/acceptor"
+	"github.com/backlog-dev/backlog/internal/overload"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -33,6 +34,16 @@ type ListenConfig struct {
 	// which is what Go's net.Listen asks for; backlog.ZeroBacklog asks for
 	// 0 itself (package backlog, "Saying the backlog", has the rules).
 	Backlog int
+	// Overload, unless it is the zero value, resets instead of serving
+	// the connections that waited past its Target while the queue stands
+	// (backlog.Overload), with the wait measured from the SYN as
+	// Stats.QueueWait is; the sheds are counted in Stats.Overdue. It acts
+	// at Accept, on connections the personality has already queued, so it
+	// adds nothing to the rules on the wire. LIFO and SizeBacklog are not
+	// available here: the queue gives up its oldest connection only, and
+	// listen() again follows the personality's rule, which on some systems
+	// resets the excess. The zero value changes nothing.
+	Overload backlog.Overload
 }
 
 // A Listener is a listening socket on a host: a net.Listener whose queue
@@ -72,6 +83,8 @@ type Listener struct {
 	// waits gathers how long accepted connections waited, by the stack's
 	// clock.
 	waits backlog.QueueWaitRecorder
+	// shed applies the overload policy; nil without one.
+	shed *overload.Listener
 
 	wg sync.WaitGroup
 }
@@ -94,6 +107,9 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	}
 	if h.gate == nil {
 		return nil, opErr(errors.New("a host without a gate has no listeners of this package"))
+	}
+	if err := checkOverload(c.Overload); err != nil {
+		return nil, opErr(err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, opErr(err)
@@ -159,6 +175,19 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 		// FreeBSD's syncache) they are dropped without a word.
 		Reset: func(e *pending, closing bool) { l.gate.resetPending(e, !closing || l.p.HalfOpen.Shared) },
 	})
+	if c.Overload.Enabled() {
+		l.shed = overload.New(overload.Config{
+			Policy:  c.Overload,
+			Accept:  l.acc.Accept,
+			Wait:    func(c net.Conn) (time.Duration, bool) { return c.(*Conn).waited, true },
+			Reset:   func(c net.Conn) { c.(*Conn).Abort() },
+			Observe: l.waits.Observe,
+			Network: "tcp",
+			Addr:    l.addr,
+			// The clock the waits are measured by.
+			Now: h.stack.Clock().Now,
+		})
+	}
 	h.gate.addListener(l)
 	l.wg.Add(1)
 	go l.drain()
@@ -233,7 +262,15 @@ func (l *Listener) drain() {
 // Close it returns an error wrapping net.ErrClosed, whatever the deadline;
 // as with net.TCPListener, a deadline already past fails it even while
 // connections wait.
-func (l *Listener) Accept() (net.Conn, error) { return l.acc.Accept() }
+//
+// With an Overload policy it first resets the connections the policy
+// sheds.
+func (l *Listener) Accept() (net.Conn, error) {
+	if l.shed != nil {
+		return l.shed.Accept()
+	}
+	return l.acc.Accept()
+}
 
 // take waits for gVisor to hand over the endpoint of a connection the
 // queue gave to Accept, and wraps it.
@@ -255,7 +292,11 @@ func (l *Listener) take(e *pending, closed <-chan struct{}) (net.Conn, bool) {
 		return nil, false // reset before gVisor handed it over
 	}
 	c := newConn(gonet.NewTCPConn(wq, ep), ep)
-	l.waits.Observe(time.Duration(l.gate.stack.Clock().NowMonotonic().Sub(e.start)))
+	c.waited = time.Duration(l.gate.stack.Clock().NowMonotonic().Sub(e.start))
+	if l.shed == nil {
+		// Under a policy, only the connections served count.
+		l.waits.Observe(c.waited)
+	}
 	if e.cookieBorn {
 		id := e.id
 		c.onClose = func() { l.gate.retireLater(id) }
@@ -265,7 +306,12 @@ func (l *Listener) take(e *pending, closed <-chan struct{}) (net.Conn, bool) {
 
 // SetDeadline sets the time after which Accept fails with an error wrapping
 // os.ErrDeadlineExceeded. The zero time means no deadline.
-func (l *Listener) SetDeadline(t time.Time) error { return l.acc.SetDeadline(t) }
+func (l *Listener) SetDeadline(t time.Time) error {
+	if l.shed != nil {
+		l.shed.SetDeadline(t)
+	}
+	return l.acc.SetDeadline(t)
+}
 
 // Backlog returns the stored backlog.
 func (l *Listener) Backlog() int { return l.q.Backlog() }
@@ -291,6 +337,10 @@ func (l *Listener) Personality() backlog.Personality { return l.p }
 // kernel's figure starts at the final ACK that got in.
 func (l *Listener) Stats() backlog.Stats {
 	s := l.q.Stats()
+	if l.shed != nil {
+		s.Overdue = l.shed.Overdue()
+		s.Reset += s.Overdue
+	}
 	s.QueueWait = l.waits.Snapshot()
 	s.Unobserved &^= backlog.StatQueueWait
 	return s
@@ -313,6 +363,9 @@ func (l *Listener) Addr() net.Addr { return l.addr }
 // gVisor, FreeBSD's syncache) they are dropped without a word. A second
 // Close returns an error wrapping net.ErrClosed.
 func (l *Listener) Close() error {
+	if l.shed != nil {
+		l.shed.Close()
+	}
 	if err := l.acc.Close(); err != nil {
 		return err
 	}
@@ -341,4 +394,15 @@ func (l *Listener) opErr(op string, err error) error {
 
 func (l *Listener) String() string {
 	return fmt.Sprintf("netstack listener %v (%s, backlog %d)", l.addr, l.p, l.q.Backlog())
+}
+
+// checkOverload says why a policy cannot be applied here, or nil.
+func checkOverload(o backlog.Overload) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	if o.LIFO || o.SizeBacklog {
+		return fmt.Errorf("%w: LIFO and SizeBacklog on netstack: %w", backlog.ErrOverload, errors.ErrUnsupported)
+	}
+	return nil
 }

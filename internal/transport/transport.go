@@ -57,6 +57,10 @@ type Config struct {
 	Emulation kernel.Emulation
 	// ReusePort, for Kernel, sets SO_REUSEPORT.
 	ReusePort bool
+	// Overload is the listener's overload policy (backlog.Overload); the
+	// zero value is none. On the kernel it needs the host's own rules
+	// (no emulation).
+	Overload backlog.Overload
 	// Logger receives the kernel's warning about a clamped backlog. Nil
 	// discards it.
 	Logger *slog.Logger
@@ -126,7 +130,7 @@ func openKernel(ctx context.Context, cfg Config) (*Server, error) {
 	if network == "" {
 		network = "tcp"
 	}
-	lc := kernel.ListenConfig{Backlog: backlog.Exactly(cfg.Backlog), ReusePort: cfg.ReusePort, Logger: cfg.Logger, Emulation: cfg.Emulation}
+	lc := kernel.ListenConfig{Backlog: backlog.Exactly(cfg.Backlog), ReusePort: cfg.ReusePort, Logger: cfg.Logger, Emulation: cfg.Emulation, Overload: cfg.Overload}
 	emulated := cfg.Emulate || Emulates(cfg.Personality)
 	if emulated {
 		lc.Personality = cfg.Personality
@@ -188,7 +192,7 @@ func (c Config) netstackAddress() (network, address string) {
 }
 
 func (c Config) netstackConfig() *netstack.ListenConfig {
-	return &netstack.ListenConfig{Personality: c.Personality, Backlog: backlog.Exactly(c.Backlog)}
+	return &netstack.ListenConfig{Personality: c.Personality, Backlog: backlog.Exactly(c.Backlog), Overload: c.Overload}
 }
 
 func openNetstack(ctx context.Context, cfg Config) (*Server, error) {

@@ -24,6 +24,9 @@ type command struct {
 	name  string
 	short string
 	setup func() (*flags, runFunc)
+	// variants are experiments of a command with flags of their own,
+	// each chosen by a switch of that name: `lab --overload`.
+	variants map[string]func() (*flags, runFunc)
 }
 
 // runFunc runs a command with its positional arguments.
@@ -36,16 +39,32 @@ type env struct {
 
 func commands() []command {
 	return []command{
-		{"lab", "watch a listen queue at work, on any system's rules", labCommand},
-		{"probe", "learn what this host's kernel does with the backlog", probeCommand},
-		{"top", "every listening TCP socket of this host, live", topCommand},
-		{"exporter", "Prometheus metrics for every listen queue of this host", exporterCommand},
-		{"serve", "a real server with the backlog you choose, its queue shown", serveCommand},
-		{"shape", "put a listener of this host under another system's rules at the SYN", shapeCommand},
-		{"fill", "open many connections to an address and see what each meets", fillCommand},
-		{"explain", "what listen(BACKLOG) becomes on each system", explainCommand},
-		{"personalities", "every system's listen() rules", personalitiesCommand},
+		{name: "lab", short: "watch a listen queue at work: any system's rules, overload", setup: labCommand,
+			variants: map[string]func() (*flags, runFunc){"overload": labOverloadCommand}},
+		{name: "probe", short: "learn what this host's kernel does with the backlog", setup: probeCommand},
+		{name: "top", short: "every listening TCP socket of this host, live", setup: topCommand},
+		{name: "exporter", short: "Prometheus metrics for every listen queue of this host", setup: exporterCommand},
+		{name: "serve", short: "a real server with the backlog you choose, its queue shown", setup: serveCommand},
+		{name: "shape", short: "put a listener of this host under another system's rules at the SYN", setup: shapeCommand},
+		{name: "fill", short: "open many connections to an address and see what each meets", setup: fillCommand},
+		{name: "explain", short: "what listen(BACKLOG) becomes on each system", setup: explainCommand},
+		{name: "personalities", short: "every system's listen() rules", setup: personalitiesCommand},
 	}
+}
+
+// variant returns the setup of the variant args choose with its switch,
+// or the command's own.
+func (c command) variant(args []string) func() (*flags, runFunc) {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name, value, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if setup, ok := c.variants[name]; ok && strings.HasPrefix(a, "-") && (value == "" || value == "true") {
+			return setup
+		}
+	}
+	return c.setup
 }
 
 // UsageError is a misuse of the command: the command exits with status 2
@@ -82,7 +101,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	for _, c := range cmds {
 		if c.name == args[0] {
-			f, run := c.setup()
+			f, run := c.variant(args[1:])()
 			rest, err := f.parse(e, args[1:])
 			if errors.Is(err, flag.ErrHelp) {
 				return nil
@@ -124,7 +143,7 @@ func help(e *env, cmds []command, args []string) error {
 	if len(args) > 0 {
 		for _, c := range cmds {
 			if c.name == args[0] {
-				f, _ := c.setup()
+				f, _ := c.variant(args[1:])()
 				f.usage(e.stdout)
 				return nil
 			}

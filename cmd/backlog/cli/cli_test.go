@@ -52,6 +52,7 @@ func TestGoldenText(t *testing.T) {
 		{"personalities_detail.golden", []string{"personalities", "linux:somaxconn=128", "win2000-sp1-wsd"}},
 		{"help.golden", []string{"help"}},
 		{"help_lab.golden", []string{"help", "lab"}},
+		{"help_lab_overload.golden", []string{"help", "lab", "--overload"}},
 		{"help_probe.golden", []string{"probe", "--help"}},
 		{"help_top.golden", []string{"help", "top"}},
 		{"help_exporter.golden", []string{"help", "exporter"}},

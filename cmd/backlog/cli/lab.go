@@ -53,6 +53,8 @@ status 130.`)
 	fl.switchFlag(&f.json, "json", "print the results as JSON: an array, one object per system")
 	fl.switchFlag(&f.timeline, "timeline", "include the queue samples in the JSON")
 	fl.add("svg", "FILE", "draw each system's queue over time and its clients' outcomes", "", pathValue{&f.svg})
+	var overload bool
+	fl.switchFlag(&overload, "overload", "the overload experiment instead, with flags of its own: backlog lab --overload -h")
 	return fl, func(ctx context.Context, e *env, args []string) error {
 		if err := fl.onlyFlags(args); err != nil {
 			return err

@@ -28,10 +28,25 @@ func TestMisuse(t *testing.T) {
 		{nil, "backlog: no command given; commands: lab, probe, top, exporter, serve, shape, fill, explain, personalities (try backlog help)"},
 		{[]string{"frobnicate"}, `backlog: unknown command "frobnicate"; commands: lab, probe, top, exporter, serve, shape, fill, explain, personalities`},
 		{[]string{"help", "nope"}, `backlog help: unknown command "nope"`},
-		{[]string{"lab", "--frob"}, "backlog lab: --frob: no such flag; lab takes --personality, --transport, --backlog, --clients, --arrival, --accept, --accept-after, --relisten, --timeout, --json, --timeline, --svg"},
+		{[]string{"lab", "--frob"}, "backlog lab: --frob: no such flag; lab takes --personality, --transport, --backlog, --clients, --arrival, --accept, --accept-after, --relisten, --timeout, --json, --timeline, --svg, --overload"},
 		{[]string{"lab", "--timeout"}, "backlog lab: --timeout needs a value: --timeout D"},
 		{[]string{"lab", "--json=maybe"}, `backlog lab: --json "maybe": give true or false, or the flag alone`},
 		{[]string{"lab", "extra"}, `backlog lab: unexpected argument "extra"; lab takes only flags (backlog help lab)`},
+
+		// The overload experiment: flags of its own, checked alike.
+		{[]string{"lab", "--overload", "--rate", "fast"}, `backlog lab: --rate "fast": give multiples of the capacity such as 1.5x,3x, or rates such as 1200/s`},
+		{[]string{"lab", "--overload", "--rate", "1000x"}, `backlog lab: --rate "1000x": 1000x is 400000 clients a second against a capacity of 400/s; give at most 20000/s and 200000 clients a run`},
+		{[]string{"lab", "--overload", "--policies", "codel,fifo"}, `backlog lab: --policies "codel,fifo": unknown policy "fifo"; give a list of net.Listen, plain, small, large, codel, codel+lifo or codel+sized, or backlog=N`},
+		{[]string{"lab", "--overload", "--transport", "netstack", "--policies", "net.Listen"}, `backlog lab: --policies "net.Listen": net.Listen runs on --transport kernel only`},
+		{[]string{"lab", "--overload", "--transport", "pigeon"}, `backlog lab: --transport "pigeon": give kernel or netstack`},
+		{[]string{"lab", "--overload", "--workers", "0"}, `backlog lab: --workers "0": give a number of workers from 1 to 1000`},
+		{[]string{"lab", "--overload", "--target", "2s"}, `backlog lab: --target "2s": give a target no longer than --give-up (1s)`},
+		{[]string{"lab", "--overload", "--give-up", "-1s"}, `backlog lab: --give-up "-1s": give a duration from 1ms to 1m`},
+		{[]string{"lab", "--overload", "--rounds", "0"}, `backlog lab: --rounds "0": give a number of rounds from 1 to 100`},
+		{[]string{"lab", "--overload", "--duration", "10m"}, `backlog lab: --duration "10m": give a duration from 100ms to 5m`},
+		{[]string{"lab", "--overload", "--service", "nope"}, `backlog lab: --service "nope": give a duration such as 300ms, 5s or 1m (units: ns, us, ms, s, m, h)`},
+		{[]string{"lab", "--overload", "--personality", "linux"}, "backlog lab: --personality: no such flag; lab takes --overload, --rate, --duration, --give-up, --service, --workers, --target, --interval, --policies, --rounds, --transport, --json, --timeline, --svg"},
+		{[]string{"lab", "--overload", "extra"}, `backlog lab: unexpected argument "extra"; lab takes only flags (backlog help lab)`},
 
 		// Durations: a number without a unit, a word, out of range.
 		{[]string{"lab", "--timeout", "5"}, `backlog lab: --timeout "5": a duration needs a unit, such as 5ms or 5s (units: ns, us, ms, s, m, h)`},
