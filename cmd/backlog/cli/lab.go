@@ -68,14 +68,11 @@ func runLab(ctx context.Context, e *env, f labFlags) error {
 	if len(ps) == 0 {
 		ps = []backlog.Personality{transport.Host()}
 	}
-	var svgFile *os.File
-	if f.svg != "" {
-		var err error
-		if svgFile, err = os.Create(f.svg); err != nil {
-			return err
-		}
-		defer svgFile.Close()
+	svg, err := createChart(f.svg)
+	if err != nil {
+		return err
 	}
+	defer svg.close()
 
 	prog := newProgressView(e, ps)
 	cfgs := make([]lab.Config, len(ps))
@@ -92,11 +89,8 @@ func runLab(ctx context.Context, e *env, f labFlags) error {
 		return err
 	}
 	interrupted := ctx.Err() != nil
-	if svgFile != nil && len(results) > 0 {
-		if err := lab.WriteSVG(svgFile, results, labTitle(f, results)); err != nil {
-			return err
-		}
-		if err := svgFile.Close(); err != nil {
+	if len(results) > 0 {
+		if err := svg.draw(func(w io.Writer) error { return lab.WriteSVG(w, results, labTitle(f, results)) }); err != nil {
 			return err
 		}
 	}
@@ -373,5 +367,44 @@ func printRelistens(w io.Writer, rs []lab.RelistenResult) {
 			continue
 		}
 		fmt.Fprintf(w, "  at %.1fs listen(%d) again: backlog %d, %d can wait\n", r.AtMS/1000, r.Backlog, r.Stored, r.Capacity)
+	}
+}
+
+// A chart is an SVG file a command creates before its run, so that a path
+// it cannot write fails at once rather than after the run, and draws once
+// the run is over.
+type chart struct{ f *os.File }
+
+// createChart creates the file at path; with no path the chart draws
+// nothing.
+func createChart(path string) (*chart, error) {
+	if path == "" {
+		return &chart{}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	return &chart{f}, nil
+}
+
+// draw writes the chart with write and closes its file.
+func (c *chart) draw(write func(io.Writer) error) error {
+	f := c.f
+	if f == nil {
+		return nil
+	}
+	c.f = nil
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// close closes the file of a chart never drawn.
+func (c *chart) close() {
+	if c.f != nil {
+		c.f.Close()
 	}
 }

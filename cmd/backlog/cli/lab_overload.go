@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -169,14 +168,11 @@ func (f overloadFlags) configs(fl *flags) ([]lab.OverloadConfig, error) {
 }
 
 func runLabOverload(ctx context.Context, e *env, f overloadFlags, cfgs []lab.OverloadConfig) error {
-	var svgFile *os.File
-	if f.svg != "" {
-		var err error
-		if svgFile, err = os.Create(f.svg); err != nil {
-			return err
-		}
-		defer svgFile.Close()
+	svg, err := createChart(f.svg)
+	if err != nil {
+		return err
 	}
+	defer svg.close()
 	var results []lab.OverloadResult
 	for _, cfg := range cfgs {
 		load := cfg.Rate / cfg.Capacity()
@@ -196,13 +192,8 @@ func runLabOverload(ctx context.Context, e *env, f overloadFlags, cfgs []lab.Ove
 		}
 	}
 	interrupted := ctx.Err() != nil
-	if svgFile != nil {
-		if err := lab.WriteOverloadSVG(svgFile, results); err != nil {
-			return err
-		}
-		if err := svgFile.Close(); err != nil {
-			return err
-		}
+	if err := svg.draw(func(w io.Writer) error { return lab.WriteOverloadSVG(w, results) }); err != nil {
+		return err
 	}
 	if f.json {
 		if !f.timeline {
