@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/kernel"
@@ -83,6 +84,32 @@ func ExampleListenConfig_personality() {
 	fmt.Println("requested:", s.Requested, "stored:", s.Backlog, "capacity:", s.Capacity)
 	// Output:
 	// requested: 100 stored: 5 capacity: 5
+}
+
+// Serving the clients who are still waiting: once the queue stands, a
+// connection that waited past 50 ms is reset instead of served, and while
+// a queue forms the newest is served first. A client that arrives at an
+// idle server is served as always.
+func ExampleListenConfig_overload() {
+	lc := kernel.ListenConfig{Overload: backlog.Overload{Target: 50 * time.Millisecond, LIFO: true}}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Println("served:", conn.RemoteAddr().String() == c.LocalAddr().String(), "overdue:", ln.Stats().Overdue)
+	// Output:
+	// served: true overdue: 0
 }
 
 // Listing the host's listening sockets, as `ss -ltnp` does, with the
