@@ -122,6 +122,25 @@ func TestLabInterruptJSON(t *testing.T) {
 	}
 }
 
+// TestLabOverloadInterrupt: the overload experiment interrupted in its
+// second run prints the first run's row and not the second's, says the
+// summary is partial, and exits 130.
+func TestLabOverloadInterrupt(t *testing.T) {
+	c := startChild(t, "lab", "--overload", "--policies", "codel,net.Listen", "--duration", "5s", "--rate", "2x")
+	c.stderr.await(t, regexp.MustCompile(`(round 1/1 codel +\d+ clients)`))
+	if code := c.interrupt(t); code != 130 {
+		t.Errorf("exit %d; want 130", code)
+	}
+	out := c.stdout.String()
+	mustMatch(t, "the summary", out, regexp.MustCompile(`(?m)^codel +\d+ `), regexp.MustCompile(`(?m)^Interrupted: the summary has the runs that ended\.$`))
+	if regexp.MustCompile(`(?m)^net\.Listen `).MatchString(out) {
+		t.Errorf("the interrupted run is in the summary:\n%s", out)
+	}
+	if !strings.Contains(c.stderr.String(), "interrupted") {
+		t.Errorf("stderr does not say it was interrupted:\n%s", c.stderr)
+	}
+}
+
 // TestFillInterrupt: a kernel listener that never accepts, with backlog 1,
 // holds 2 of 10 clients given 20 s each; SIGINT ends fill with the others
 // unfinished and exit 130.
