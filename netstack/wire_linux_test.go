@@ -39,7 +39,10 @@ import (
 // event (a client's SYN, a server's SYN-ACK sent again) comes some whole
 // number of ticked seconds after a client's start, between 50 and 750 ms
 // into each 1.024 s; the application acts at whole seconds, 70 ms before
-// the first client; the capture ends at 6 s, in the quiet between.
+// the first client; the capture ends at 6 s, in the quiet between. A
+// server or an application that the machine starves for longer than that
+// meets the events in another order; the capture shows it (see check),
+// and the cell runs again.
 func TestWireAgainstLinux(t *testing.T) {
 	netnstest.RequireRoot(t)
 	netnstest.Exclusive(t) // no flood beside it: see Exclusive
@@ -77,13 +80,16 @@ func TestWireAgainstLinux(t *testing.T) {
 
 // check runs the cell and compares, client by client.
 func (c wireCell) check(t *testing.T) {
-	// The pairing needs every packet delivered: when the
-	// machine's receive backlogs dropped some meanwhile (its
-	// counter says so), a difference is no verdict on either
-	// side, and the cell runs once more.
+	// A difference is a verdict on the rules only when both servers
+	// met the same events in the same order. When the machine's
+	// receive backlogs dropped packets meanwhile (its counter says so),
+	// the cell runs once more; when a server or an application was
+	// starved so long that it met the events in another order (the
+	// capture and the application's own clock say so), up to twice
+	// more. A difference with neither is reported at once.
 	for attempt := 1; ; attempt++ {
 		drops := netnstest.SoftnetDrops()
-		kern, ours := c.run(t)
+		kern, ours, appLate := c.run(t)
 		lost := netnstest.SoftnetDrops() - drops
 		var diffs []string
 		for i := range kern {
@@ -96,14 +102,68 @@ func (c wireCell) check(t *testing.T) {
 			t.Logf("the machine dropped %d received packets during the run; running the cell again", lost)
 			continue
 		}
+		late := lateAnswer(kern, ours)
+		if appLate > wireAppSlack {
+			late = fmt.Sprintf("an application acted %v late", appLate.Round(time.Millisecond))
+		}
+		if len(diffs) > 0 && late != "" && attempt < 3 {
+			t.Logf("%s, so the two servers did not decide the same sequence of events; running the cell again, past %d differences:\n%s", late, len(diffs), strings.Join(diffs, "\n"))
+			continue
+		}
 		for _, d := range diffs {
 			t.Error(d)
 		}
 		if len(diffs) > 0 && lost > 0 {
 			t.Logf("the machine dropped %d received packets during the run", lost)
 		}
+		if len(diffs) > 0 && late != "" {
+			t.Logf("on this last attempt too, %s", late)
+		}
 		break
 	}
+}
+
+// wireAppSlack is how late an application may act, listen() again or
+// accept(), before the cell's premise is broken: every client's SYN comes
+// at least 50 ms away from a whole second (see TestWireAgainstLinux).
+const wireAppSlack = 40 * time.Millisecond
+
+// lateAnswer says which server answered a client's SYN only after
+// another client's later SYN had left, or "" if neither did. The cells
+// are built on each server deciding every SYN before the next one comes,
+// at least 50 ms later; a server starved that long by a busy machine
+// (ours is a process, and under the race detector a slow one) meets the
+// SYNs in another order than the kernel's, and the difference is the
+// machine's, not the rules'.
+func lateAnswer(kern, ours []wireClient) string {
+	for _, side := range []struct {
+		name    string
+		clients []wireClient
+	}{{"the kernel", kern}, {"netstack", ours}} {
+		for i, c := range side.clients {
+			if c.answered.IsZero() {
+				continue
+			}
+			// The SYN it answered: the last before the answer.
+			var asked time.Time
+			for _, at := range c.syns {
+				if at.Before(c.answered) {
+					asked = at
+				}
+			}
+			if asked.IsZero() {
+				continue
+			}
+			for j, d := range side.clients {
+				for _, at := range d.syns {
+					if j != i && at.After(asked) && at.Before(c.answered) {
+						return fmt.Sprintf("%s answered client %d %v after client %d's SYN", side.name, i, c.answered.Sub(at).Round(time.Millisecond), j)
+					}
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // A wireCell is one configuration of the server and its application.
@@ -132,6 +192,10 @@ type wireClient struct {
 	SYNACKs int
 	RSTs    int
 	first   time.Time // its first SYN
+	// syns are when it sent its SYNs, and answered when the server
+	// first answered one, with a SYN-ACK or a reset (zero if never).
+	syns     []time.Time
+	answered time.Time
 }
 
 func (w wireClient) String() string {
@@ -187,7 +251,7 @@ const (
 
 // run sets up the cell, runs its clients, and returns what each met on the
 // kernel and on netstack.
-func (c wireCell) run(t *testing.T) (kern, ours []wireClient) {
+func (c wireCell) run(t *testing.T) (kern, ours []wireClient, appLate time.Duration) {
 	clients := backlog.Host().CapacityOf(c.backlog) + 3
 	if c.relistenTo > c.backlog {
 		clients = backlog.Host().CapacityOf(c.relistenTo) + 3
@@ -256,11 +320,13 @@ func (c wireCell) run(t *testing.T) (kern, ours []wireClient) {
 		app.Add(1)
 		go func() {
 			defer app.Done()
-			if conn := c.application(l, start); conn != nil {
-				acceptedMu.Lock()
+			conn, late := c.application(l, start)
+			acceptedMu.Lock()
+			if conn != nil {
 				accepted = append(accepted, conn)
-				acceptedMu.Unlock()
 			}
+			appLate = max(appLate, late)
+			acceptedMu.Unlock()
 		}()
 	}
 	defer func() {
@@ -279,13 +345,14 @@ func (c wireCell) run(t *testing.T) (kern, ours []wireClient) {
 		kern = append(kern, seen.client(wireKernelPort+i, s.kernelOutcome()))
 		ours = append(ours, seen.client(wireOurPort+i, s.ourOutcome()))
 	}
-	return kern, ours
+	return kern, ours, appLate
 }
 
 // application is the server's program: it calls listen() again and accepts
 // one connection at the cell's times. It returns the connection it
-// accepted, kept open so that its client stays connected.
-func (c wireCell) application(l backlog.Listener, start time.Time) (accepted net.Conn) {
+// accepted, kept open so that its client stays connected, and how late
+// after its time the later of its acts was done.
+func (c wireCell) application(l backlog.Listener, start time.Time) (accepted net.Conn, late time.Duration) {
 	type act struct {
 		at time.Duration
 		do func()
@@ -308,8 +375,9 @@ func (c wireCell) application(l backlog.Listener, start time.Time) (accepted net
 	for _, a := range acts {
 		time.Sleep(time.Until(start.Add(a.at)))
 		a.do()
+		late = max(late, time.Since(start.Add(a.at)))
 	}
-	return accepted
+	return accepted, late
 }
 
 // wireSocks is one client's pair of sockets, made in the clients'
@@ -390,6 +458,7 @@ type wireSeen map[int]*wireEvents // by client port
 type wireEvents struct {
 	syns          []time.Time
 	synacks, rsts int
+	answer        time.Time // the server's first SYN-ACK or reset
 }
 
 func (ws wireSeen) client(port int, outcome string) wireClient {
@@ -401,7 +470,7 @@ func (ws wireSeen) client(port int, outcome string) wireClient {
 	for _, at := range e.syns[min(1, len(e.syns)):] {
 		c.Retx = append(c.Retx, at.Sub(e.syns[0]))
 	}
-	c.SYNACKs, c.RSTs = e.synacks, e.rsts
+	c.SYNACKs, c.RSTs, c.syns, c.answered = e.synacks, e.rsts, e.syns, e.answer
 	if len(e.syns) > 0 {
 		c.first = e.syns[0]
 	}
@@ -549,8 +618,18 @@ func (ws wireSeen) note(b []byte, at time.Time) {
 		e := event(sport)
 		e.syns = append(e.syns, at)
 	case sport == 80 && flags&(syn|ack) == syn|ack:
-		event(dport).synacks++
+		e := event(dport)
+		e.synacks++
+		e.answered(at)
 	case sport == 80 && flags&rst != 0:
-		event(dport).rsts++
+		e := event(dport)
+		e.rsts++
+		e.answered(at)
+	}
+}
+
+func (e *wireEvents) answered(at time.Time) {
+	if e.answer.IsZero() {
+		e.answer = at
 	}
 }
