@@ -289,7 +289,7 @@ func measureFlood(b *testing.B, impl, personality string) floodMeasure {
 		}
 	}()
 	start := time.Now()
-	flood(n, floodSYNs) // the first host of a network is the server flood aims at
+	flood(n, floodSYNs, n.queueLen/2) // the first host of a network is the server flood aims at
 	for len(in) > 0 {
 		runtime.Gosched()
 	}
