@@ -34,16 +34,22 @@ func runLab(t *testing.T, cfg Config) Result {
 
 // TestLabPerPersonality checks what the lab reports for a backlog of 5, an
 // application that never accepts, and clients arriving one after another.
+// Linux decides a SYN by the connections completed so far, so a client
+// whose SYN a busy machine delivers before the previous handshake ended is
+// answered, and its final ACK then dropped: it counts as connected, not
+// timed out (orSooner). The other systems here count a handshake from its
+// SYN, and the order of arrivals does not change their counts.
 func TestLabPerPersonality(t *testing.T) {
 	for _, tt := range []struct {
 		name                                string
 		connected, refused, reset, timedOut int
+		orSooner                            bool
 	}{
-		{"winnt4-workstation", 5, 10, 0, 0},
-		{"irsock", 2, 4, 0, 0},
-		{"linux", 6, 0, 0, 12},
-		{"freebsd", 24, 0, 16, 0},
-		{"lwip", 5, 0, 0, 10},
+		{"winnt4-workstation", 5, 10, 0, 0, false},
+		{"irsock", 2, 4, 0, 0, false},
+		{"linux", 6, 0, 0, 12, true},
+		{"freebsd", 24, 0, 16, 0, false},
+		{"lwip", 5, 0, 0, 10, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -54,7 +60,11 @@ func TestLabPerPersonality(t *testing.T) {
 			// A reset right after the handshake can reach a client before
 			// its connect returns, which then fails with ECONNRESET: it
 			// connected and was reset, as the others.
-			if r.Connected != tt.connected || r.Refused != tt.refused || r.Reset != tt.reset || r.TimedOut != tt.timedOut {
+			connected, timedOut := tt.connected, tt.timedOut
+			if tt.orSooner && r.Connected > connected && r.Connected+r.TimedOut == connected+timedOut {
+				connected, timedOut = r.Connected, r.TimedOut
+			}
+			if r.Connected != connected || r.Refused != tt.refused || r.Reset != tt.reset || r.TimedOut != timedOut {
 				t.Errorf("connected %d, refused %d, reset %d, timed out %d (%v); want %d, %d, %d, %d",
 					r.Connected, r.Refused, r.Reset, r.TimedOut, r.Errors, tt.connected, tt.refused, tt.reset, tt.timedOut)
 			}
@@ -228,7 +238,10 @@ func TestLabRelisten(t *testing.T) {
 
 // TestLabInterrupted stops a run from outside once the queue is full, with
 // the other clients' SYNs unanswered and their 30 s far from over: they are
-// unfinished, not timed out, and the result says it was interrupted.
+// unfinished, not timed out, and the result says it was interrupted. (On a
+// busy machine a client's SYN may meet a handshake still open rather than
+// the full queue and be answered, its final ACK then dropped: it counts as
+// connected, so three or more connect.)
 func TestLabInterrupted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -236,7 +249,7 @@ func TestLabInterrupted(t *testing.T) {
 		Personality: backlog.MustLookup("linux:syncookies=0"), Backlog: 2, Clients: 10, Arrival: 5 * time.Millisecond,
 		Accept: AcceptPolicy{Never: true}, Timeout: 30 * time.Second,
 		Progress: func(p Progress) {
-			if p.Connected == 3 {
+			if p.Connected >= 3 {
 				cancel()
 			}
 		},
@@ -244,12 +257,12 @@ func TestLabInterrupted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !r.Interrupted || r.Connected != 3 || r.Unfinished != 7 || r.TimedOut != 0 || r.Refused != 0 || r.Failed != 0 {
-		t.Errorf("interrupted %v: connected %d, unfinished %d, timed out %d, refused %d, failed %d (%v); want interrupted, 3, 7, 0, 0, 0",
+	if !r.Interrupted || r.Connected < 3 || r.Connected+r.Unfinished != 10 || r.TimedOut != 0 || r.Refused != 0 || r.Failed != 0 {
+		t.Errorf("interrupted %v: connected %d, unfinished %d, timed out %d, refused %d, failed %d (%v); want interrupted, 3 or more connected, the rest of the 10 unfinished, none timed out, refused or failed",
 			r.Interrupted, r.Connected, r.Unfinished, r.TimedOut, r.Refused, r.Failed, r.Errors)
 	}
-	if r.ConnectMS.Count != 3 {
-		t.Errorf("connect times of %d clients; want 3", r.ConnectMS.Count)
+	if r.ConnectMS.Count != r.Connected {
+		t.Errorf("connect times of %d clients; want one for each of the %d connected", r.ConnectMS.Count, r.Connected)
 	}
 }
 
