@@ -233,11 +233,11 @@ func printOverload(w io.Writer, r lab.OverloadResult) {
 	ms := func(v float64) string { return durationText(time.Duration(v * float64(time.Millisecond))) }
 	fmt.Fprintf(w, "Overload at the accept queue (%s): clients arrive at %.0f/s, %.3gx\n", r.Transport, r.RatePerSec, r.Load)
 	fmt.Fprintf(w, "the application's capacity of %.0f/s (%d workers, %s a request), for %s;\n", r.CapacityPerSec, r.Workers, ms(r.ServiceMS), ms(r.DurationMS))
-	fmt.Fprintf(w, "each client gives up %s after it starts.", ms(r.GiveUpMS))
+	fmt.Fprintf(w, "each client gives up %s after it starts.\n", ms(r.GiveUpMS))
 	if r.Rounds > 1 {
-		fmt.Fprintf(w, " Medians of %d runs, the policies taking turns;\n--json has each run.", r.Rounds)
+		fmt.Fprintf(w, "Medians of %d runs, the policies taking turns; --json has each run.\n", r.Rounds)
 	}
-	fmt.Fprint(w, "\n\n")
+	fmt.Fprintln(w)
 	if len(r.Summary) == 0 {
 		fmt.Fprintln(w, "No run ended.")
 	}

@@ -15,19 +15,20 @@ var short = []string{"lab", "--overload", "--duration", "300ms", "--give-up", "2
 
 func TestLabOverloadText(t *testing.T) {
 	svg := filepath.Join(t.TempDir(), "o.svg")
-	code, out, errOut := run(t, append(short, "--policies", "net.Listen,codel", "--svg", svg)...)
+	code, out, errOut := run(t, append(short, "--policies", "net.Listen,codel", "--rounds", "2", "--svg", svg)...)
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
 	for _, want := range []string{
 		"clients arrive at 400/s, 2x\nthe application's capacity of 200/s (2 workers, 10ms a request), for 300ms;",
+		"Medians of 2 runs, the policies taking turns; --json has each run.",
 		"POLICY      BACKLOG  GOODPUT/S", "\nnet.Listen  default  ", "\ncodel       ", "POLICY      WORK WASTED", "Charts written to " + svg,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Count(errOut, "round 1/1") != 2 {
+	if strings.Count(errOut, "round 1/2") != 2 || strings.Count(errOut, "round 2/2") != 2 {
 		t.Errorf("progress on stderr: %q; want a line a run", errOut)
 	}
 	for _, l := range strings.Split(out, "\n") {
