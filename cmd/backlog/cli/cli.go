@@ -10,6 +10,7 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -59,8 +60,12 @@ func (c command) variant(args []string) func() (*flags, runFunc) {
 		if a == "--" {
 			break
 		}
-		name, value, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if setup, ok := c.variants[name]; ok && strings.HasPrefix(a, "-") && (value == "" || value == "true") {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		setup, ok := c.variants[name]
+		if !ok || !strings.HasPrefix(a, "-") {
+			continue
+		}
+		if on, err := strconv.ParseBool(value); !hasValue || err == nil && on {
 			return setup
 		}
 	}

@@ -47,6 +47,8 @@ func TestMisuse(t *testing.T) {
 		{[]string{"lab", "--overload", "--service", "nope"}, `backlog lab: --service "nope": give a duration such as 300ms, 5s or 1m (units: ns, us, ms, s, m, h)`},
 		{[]string{"lab", "--overload", "--personality", "linux"}, "backlog lab: --personality: no such flag; lab takes --overload, --rate, --duration, --give-up, --service, --workers, --target, --interval, --policies, --rounds, --transport, --json, --timeline, --svg"},
 		{[]string{"lab", "--overload", "extra"}, `backlog lab: unexpected argument "extra"; lab takes only flags (backlog help lab)`},
+		{[]string{"lab", "--overload=1", "--rounds", "0"}, `backlog lab: --rounds "0": give a number of rounds from 1 to 100`},
+		{[]string{"lab", "--overload=maybe"}, `backlog lab: --overload "maybe": give true or false, or the flag alone`},
 
 		// Durations: a number without a unit, a word, out of range.
 		{[]string{"lab", "--timeout", "5"}, `backlog lab: --timeout "5": a duration needs a unit, such as 5ms or 5s (units: ns, us, ms, s, m, h)`},
