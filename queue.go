@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/backlog-dev/backlog/internal/ring"
 )
 
 // Outcome is what became of a connection attempt at one step.
@@ -95,7 +97,7 @@ type Queue[T comparable] struct {
 	backlog   int
 	capacity  int
 	halfLimit int
-	ready     ring[T]
+	ready     ring.Ring[T]
 	half      halfOpenSet[T]
 	// owedYield counts slots freed by accept() that come back only when the
 	// accepting thread yields (KB 295079). owedFD counts slots freed while
@@ -147,7 +149,7 @@ func (q *Queue[T]) Capacity() int {
 func (q *Queue[T]) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.ready.len()
+	return q.ready.Len()
 }
 
 // HalfOpen returns how many handshakes are under way.
@@ -172,13 +174,13 @@ func (q *Queue[T]) wake() {
 // acceptFullLocked reports whether the accept queue admits no more
 // completed connections.
 func (q *Queue[T]) acceptFullLocked() bool {
-	return q.ready.len() >= q.capacity
+	return q.ready.Len() >= q.capacity
 }
 
 // sharedFullLocked reports whether a personality whose half-open
 // connections share the limit has no free slot.
 func (q *Queue[T]) sharedFullLocked() bool {
-	return q.half.len()+q.ready.len()+q.owedYield+q.owedFD >= q.capacity
+	return q.half.len()+q.ready.Len()+q.owedYield+q.owedFD >= q.capacity
 }
 
 // SYN records a SYN for t and returns what to do with it:
@@ -273,7 +275,7 @@ func (q *Queue[T]) synLocked(t T, hold bool) (o Outcome, evicted T, ok bool) {
 // fullWithoutOwedLocked reports whether the queue would be full even if
 // every slot owed by a deferred return were back.
 func (q *Queue[T]) fullWithoutOwedLocked() bool {
-	return q.half.len()+q.ready.len()+q.owedFD >= q.capacity
+	return q.half.len()+q.ready.Len()+q.owedFD >= q.capacity
 }
 
 // overflowLocked counts a connection attempt turned away by a full accept
@@ -325,7 +327,7 @@ func (q *Queue[T]) establishedLocked(t T) Outcome {
 }
 
 func (q *Queue[T]) enqueueLocked(t T) {
-	q.ready.push(t)
+	q.ready.Push(t)
 	q.stats.Queued++
 	q.wake()
 }
@@ -405,7 +407,7 @@ func (q *Queue[T]) Expire(t T) bool {
 func (q *Queue[T]) Accept() (t T, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	t, ok = q.ready.pop()
+	t, ok = q.ready.Pop()
 	if !ok {
 		return t, false
 	}
@@ -421,7 +423,7 @@ func (q *Queue[T]) Accept() (t T, ok bool) {
 			q.owedYield++
 		}
 	}
-	if q.ready.len() > 0 {
+	if q.ready.Len() > 0 {
 		q.wake()
 	}
 	return t, true
@@ -468,22 +470,22 @@ func (q *Queue[T]) Listen(backlog int) (reset []T, err error) {
 		return nil, nil
 	case RelistenFail:
 		stored := q.p.Stored(backlog)
-		if c := q.p.CapacityOf(stored); q.ready.len() > c {
-			return nil, fmt.Errorf("%w (%d waiting, capacity %d)", ErrRelisten, q.ready.len(), c)
+		if c := q.p.CapacityOf(stored); q.ready.Len() > c {
+			return nil, fmt.Errorf("%w (%d waiting, capacity %d)", ErrRelisten, q.ready.Len(), c)
 		}
 	}
 	q.setBacklogLocked(backlog)
 	if q.p.Relisten != RelistenUpdateResetExcess {
 		return nil, nil
 	}
-	excess := q.ready.len() - q.capacity
+	excess := q.ready.Len() - q.capacity
 	if q.p.HalfOpen.Shared {
 		excess += q.half.len()
 	}
 	for ; excess > 0; excess-- {
 		t, ok := q.half.popNewest()
 		if !ok {
-			t, _ = q.ready.popNewest()
+			t, _ = q.ready.PopNewest()
 		}
 		reset = append(reset, t)
 	}
@@ -501,7 +503,7 @@ func (q *Queue[T]) Close() (reset []T) {
 	}
 	q.closed = true
 	for {
-		t, ok := q.ready.pop()
+		t, ok := q.ready.Pop()
 		if !ok {
 			break
 		}
@@ -536,7 +538,7 @@ func (q *Queue[T]) Stats() Stats {
 	s.Requested = q.requested
 	s.Backlog = q.backlog
 	s.Capacity = q.capacity
-	s.Len = q.ready.len()
+	s.Len = q.ready.Len()
 	s.HalfOpen = q.half.len()
 	s.Unavailable = q.owedYield + q.owedFD
 	// A queue has no clock: the transport measures the wait.

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/backlog-dev/backlog/internal/ring"
+
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
@@ -68,7 +70,7 @@ type gate struct {
 	nProxied atomic.Int32
 	// retiring holds the translations of cookie-born connections that
 	// have ended, oldest first, until retireTimer retires them.
-	retiring    fifo[retiree]
+	retiring    ring.Ring[retiree]
 	retireTimer tcpip.Timer
 	// sched times every half-open connection's SYN-ACKs.
 	sched schedule
@@ -81,7 +83,7 @@ type gate struct {
 	// clients reset, and held the SYNs that followed such a reset before
 	// the stack had processed it (see holdSYNLocked).
 	resets     map[stack.TransportEndpointID]tcpip.MonotonicTime
-	resetOrder fifo[noted]
+	resetOrder ring.Ring[noted]
 	held       map[*heldSYN]struct{}
 	closed     bool
 }
@@ -114,6 +116,10 @@ func (g *gate) apply(fx *effects) {
 	}
 }
 
+// ringKeep is the most room the gate's queues keep once a burst that grew
+// them is over.
+const ringKeep = 64
+
 func newGate(s *stack.Stack, child stack.LinkEndpoint, mtu uint32) *gate {
 	g := &gate{
 		stack:   s,
@@ -125,6 +131,9 @@ func newGate(s *stack.Stack, child stack.LinkEndpoint, mtu uint32) *gate {
 		passed:  map[stack.TransportEndpointID]passedSYN{},
 		resets:  map[stack.TransportEndpointID]tcpip.MonotonicTime{},
 		held:    map[*heldSYN]struct{}{},
+		// Both hold what bursts bring, and empty again.
+		retiring:   ring.Ring[retiree]{Keep: ringKeep},
+		resetOrder: ring.Ring[noted]{Keep: ringKeep},
 	}
 	g.Endpoint.Init(child, g)
 	return g

@@ -106,7 +106,7 @@ func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id st
 	case backlog.HalfOpen:
 		g.holdLocked(e)
 		g.armLocked(e)
-		l.answers.push(answer{e: e})
+		l.answers.Push(answer{e: e})
 		return e, o
 	case backlog.Cookie:
 		l.noteCookie(g.stack.Clock().NowMonotonic())
@@ -136,11 +136,11 @@ type answer struct {
 // answerLocked sends b, the gate's reply to a SYN of l's, once every SYN
 // decided before it has had its answer.
 func (g *gate) answerLocked(l *Listener, b []byte, fx *effects) {
-	if l.answers.len() == 0 {
+	if l.answers.Len() == 0 {
 		fx.send(b)
 		return
 	}
-	l.answers.push(answer{b: b})
+	l.answers.Push(answer{b: b})
 }
 
 // answeredLocked notes that e's SYN has had its answer, its SYN-ACK having
@@ -152,11 +152,11 @@ func (g *gate) answeredLocked(e *pending, fx *effects) {
 	e.answered = true
 	q := &e.l.answers
 	for {
-		a, ok := q.peek()
+		a, ok := q.Peek()
 		if !ok || (a.e != nil && !a.e.answered) {
 			return
 		}
-		q.pop()
+		q.Pop()
 		if a.b != nil && fx != nil {
 			fx.send(a.b)
 		}
@@ -251,14 +251,14 @@ func (g *gate) peerReset(s *seg) {
 // constant cost.
 func (g *gate) noteResetLocked(id stack.TransportEndpointID) {
 	now := g.stack.Clock().NowMonotonic()
-	if g.resetOrder.len() >= maxPassed {
-		old, _ := g.resetOrder.pop()
+	if g.resetOrder.Len() >= maxPassed {
+		old, _ := g.resetOrder.Pop()
 		if at, ok := g.resets[old.id]; ok && at == old.at {
 			delete(g.resets, old.id)
 		}
 	}
 	g.resets[id] = now
-	g.resetOrder.push(noted{id, now})
+	g.resetOrder.Push(noted{id, now})
 }
 
 // noted is a 4-tuple and when the gate noted it.
@@ -444,8 +444,8 @@ func (g *gate) resetPending(e *pending, tellHalfOpen bool) {
 func (g *gate) dropListener(l *Listener) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for l.answers.len() > 0 {
-		l.answers.pop()
+	for l.answers.Len() > 0 {
+		l.answers.Pop()
 	}
 	for _, e := range g.conns {
 		if e.l == l {

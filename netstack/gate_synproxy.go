@@ -298,9 +298,9 @@ func (g *gate) retireLater(id stack.TransportEndpointID) {
 	if p == nil {
 		return
 	}
-	g.retiring.push(retiree{p: p, at: g.stack.Clock().NowMonotonic().Add(timeWaitMargin)})
-	for g.retiring.len() > maxRetiring {
-		r, _ := g.retiring.pop()
+	g.retiring.Push(retiree{p: p, at: g.stack.Clock().NowMonotonic().Add(timeWaitMargin)})
+	for g.retiring.Len() > maxRetiring {
+		r, _ := g.retiring.Pop()
 		g.retireLocked(r.p)
 	}
 	if g.retireTimer == nil {
@@ -315,7 +315,7 @@ func (g *gate) sweepRetiring() {
 	defer g.mu.Unlock()
 	now := g.stack.Clock().NowMonotonic()
 	for {
-		r, ok := g.retiring.peek()
+		r, ok := g.retiring.Peek()
 		if !ok {
 			g.retireTimer = nil
 			return
@@ -324,7 +324,7 @@ func (g *gate) sweepRetiring() {
 			g.retireTimer.Reset(wait)
 			return
 		}
-		g.retiring.pop()
+		g.retiring.Pop()
 		g.retireLocked(r.p)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/backlog-dev/backlog/internal/ring"
+
 	"github.com/backlog-dev/backlog"
 	"github.com/backlog-dev/backlog/internal/acceptor"
 	"github.com/backlog-dev/backlog/internal/overload"
@@ -74,7 +76,7 @@ type Listener struct {
 	rcvScale int
 	// answers are the replies to this listener's SYNs in the order the
 	// gate decided them, guarded by gate.mu (see answer).
-	answers fifo[answer]
+	answers ring.Ring[answer]
 	// handover, on gate.mu, wakes an Accept waiting for gVisor to hand
 	// over a connection the queue gave it (take): the gate broadcasts
 	// when it delivers one, or one dies.
@@ -126,7 +128,7 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	if err != nil {
 		return nil, opErr(err)
 	}
-	l := &Listener{host: h, gate: h.gate, p: c.Personality, q: q, proto: proto, local: fa.Addr, dual: dual}
+	l := &Listener{host: h, gate: h.gate, p: c.Personality, q: q, proto: proto, local: fa.Addr, dual: dual, answers: ring.Ring[answer]{Keep: ringKeep}}
 	l.handover.L = &h.gate.mu
 	ep, terr := h.stack.NewEndpoint(tcp.ProtocolNumber, proto, &l.wq)
 	if terr != nil {
