@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -226,38 +224,9 @@ func TestExporterInterrupt(t *testing.T) {
 // never has a line wider than 79 columns, the summary fits 80, and the
 // command exits 130.
 func TestLabOnATerminal(t *testing.T) {
-	master, slave := openPTY(t, 24, 80)
 	cmd := exec.Command(requireBinary(t), "lab", "--personality", "all", "--timeout", "20s", "--clients", "40")
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	cmd.Env = append(os.Environ(), "COLUMNS=")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	slave.Close()
-	var (
-		mu  sync.Mutex
-		out bytes.Buffer
-	)
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		buf := make([]byte, 4096)
-		for {
-			n, err := master.Read(buf)
-			mu.Lock()
-			out.Write(buf[:n])
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	screen := func() string {
-		mu.Lock()
-		defer mu.Unlock()
-		return out.String()
-	}
+	master, screen := startOnTerminal(t, cmd, 24, 80)
 	// Every system has met a full queue once lwip's row (the last) shows
 	// 5 connected of its 40.
 	full := regexp.MustCompile(`lwip\s.*\s5/40\s+5\s`)
@@ -265,15 +234,7 @@ func TestLabOnATerminal(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("no live table on the terminal:\n%q", screen())
 	}
-	master.Write([]byte{3}) // Ctrl-C
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatalf("lab did not stop on Ctrl-C:\n%q", screen())
-	}
+	typeCtrlC(t, cmd, master, screen, 30*time.Second)
 	if code := cmd.ProcessState.ExitCode(); code != 130 {
 		t.Errorf("exit %d; want 130", code)
 	}

@@ -44,21 +44,12 @@ func openPTY(t *testing.T, rows, cols uint16) (master, slave *os.File) {
 	return m, s
 }
 
-// escapes matches the terminal sequences top writes.
-var escapes = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
-
-// TestTopInterruptedOnATerminal runs the built command on an 80x24
-// pseudo-terminal, as its controlling terminal, and types Ctrl-C while
-// it waits between two views: the terminal's line discipline sends
-// SIGINT. Every line of the view fits 80 columns and the view 24 lines;
-// top exits with status 130 and leaves the cursor shown at the start of
-// the line after the echoed ^C, not in the middle of one.
-func TestTopInterruptedOnATerminal(t *testing.T) {
-	requireLinux(t)
-	queueListener(t, 3, 1, false)
-	bin := requireBinary(t)
-	master, slave := openPTY(t, 24, 80)
-	cmd := exec.Command(bin, "top", "--interval", "30s")
+// startOnTerminal starts cmd with a pseudo-terminal of the given size as
+// its controlling terminal, and returns the terminal's master end and what
+// the command has written to it so far.
+func startOnTerminal(t *testing.T, cmd *exec.Cmd, rows, cols uint16) (master *os.File, screen func() string) {
+	t.Helper()
+	master, slave := openPTY(t, rows, cols)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if err := cmd.Start(); err != nil {
@@ -81,26 +72,52 @@ func TestTopInterruptedOnATerminal(t *testing.T) {
 			}
 		}
 	}()
-	screen := func() string {
+	return master, func() string {
 		mu.Lock()
 		defer mu.Unlock()
 		return out.String()
 	}
+}
+
+// typeCtrlC types Ctrl-C on the terminal, whose line discipline sends
+// SIGINT, and waits up to timeout for the command to end; it returns what
+// cmd.Wait returned.
+func typeCtrlC(t *testing.T, cmd *exec.Cmd, master *os.File, screen func() string, timeout time.Duration) error {
+	t.Helper()
+	master.Write([]byte{3})
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		cmd.Process.Kill()
+		t.Fatalf("%s did not stop on Ctrl-C:\n%q", cmd.Args[1], screen())
+		return nil
+	}
+}
+
+// escapes matches the terminal sequences top writes.
+var escapes = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
+
+// TestTopInterruptedOnATerminal runs the built command on an 80x24
+// pseudo-terminal, as its controlling terminal, and types Ctrl-C while
+// it waits between two views: the terminal's line discipline sends
+// SIGINT. Every line of the view fits 80 columns and the view 24 lines;
+// top exits with status 130 and leaves the cursor shown at the start of
+// the line after the echoed ^C, not in the middle of one.
+func TestTopInterruptedOnATerminal(t *testing.T) {
+	requireLinux(t)
+	queueListener(t, 3, 1, false)
+	bin := requireBinary(t)
+	cmd := exec.Command(bin, "top", "--interval", "30s")
+	master, screen := startOnTerminal(t, cmd, 24, 80)
 	// The first view is drawn once it ends with "clear to the end".
 	if !waitFor(20*time.Second, func() bool { return strings.Contains(screen(), "\x1b[J") }) {
 		cmd.Process.Kill()
 		t.Fatalf("no view on the terminal:\n%q", screen())
 	}
-	master.Write([]byte{3}) // Ctrl-C
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		t.Fatalf("top did not stop on Ctrl-C:\n%q", screen())
-	}
+	err := typeCtrlC(t, cmd, master, screen, 20*time.Second)
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 130 {
 		t.Errorf("exit %v; want status 130", err)
