@@ -48,6 +48,9 @@ import (
 // expect gate.mu held.
 type gate struct {
 	nested.Endpoint
+	// up is the NIC the gate delivers to, as Attach last set it: read
+	// on every packet without the lock nested.Endpoint takes.
+	up      atomic.Pointer[upstream]
 	stack   *stack.Stack
 	child   stack.LinkEndpoint
 	mss     uint16
@@ -62,8 +65,7 @@ type gate struct {
 	// conns holds every connection the gate is responsible for between
 	// its SYN and its delivery to the listener: half-open ones and those
 	// whose handshake completed but that gVisor has not handed over yet.
-	conns     map[stack.TransportEndpointID]*pending
-	connsPeak int
+	conns connTable
 	// proxied holds connections born from SYN cookies, whose sequence
 	// numbers the gate translates.
 	proxied  map[stack.TransportEndpointID]*proxy
@@ -79,13 +81,14 @@ type gate struct {
 	// connection was in fact gone (gVisor had not yet processed its
 	// reset), and the SYN is decided then.
 	passed map[stack.TransportEndpointID]passedSYN
-	// resets remembers, for a second, the established connections their
-	// clients reset, and held the SYNs that followed such a reset before
-	// the stack had processed it (see holdSYNLocked).
-	resets     map[stack.TransportEndpointID]tcpip.MonotonicTime
-	resetOrder ring.Ring[noted]
-	held       map[*heldSYN]struct{}
-	closed     bool
+	// heldByKey counts the connections in conns by tupleKey (mayHold).
+	heldByKey [heldSlots]atomic.Int32
+	// resets remembers the latest connections their clients reset, and
+	// held the SYNs that followed such a reset before the stack had
+	// processed it (see holdSYNLocked).
+	resets resetRing
+	held   map[*heldSYN]struct{}
+	closed bool
 }
 
 // effects are what a decision made under gate.mu asks to be done once the
@@ -126,14 +129,11 @@ func newGate(s *stack.Stack, child stack.LinkEndpoint, mtu uint32) *gate {
 		child:   child,
 		mss:     uint16(mtu - header.IPv4MinimumSize - header.TCPMinimumSize),
 		cookies: newCookieJar(),
-		conns:   map[stack.TransportEndpointID]*pending{},
 		proxied: map[stack.TransportEndpointID]*proxy{},
 		passed:  map[stack.TransportEndpointID]passedSYN{},
-		resets:  map[stack.TransportEndpointID]tcpip.MonotonicTime{},
 		held:    map[*heldSYN]struct{}{},
-		// Both hold what bursts bring, and empty again.
-		retiring:   ring.Ring[retiree]{Keep: ringKeep},
-		resetOrder: ring.Ring[noted]{Keep: ringKeep},
+		// It holds what bursts bring, and empties again.
+		retiring: ring.Ring[retiree]{Keep: ringKeep},
 	}
 	g.Endpoint.Init(child, g)
 	return g
@@ -194,16 +194,22 @@ func (t *portTable) set(port uint16, ls []*Listener) {
 	pg[port&0xff].Store(&ls)
 }
 
-// quiet reports whether none of the listeners on a port holds a handshake
-// or has sent a SYN cookie that may still come back: then an ACK to the
-// port can only be a live connection's, which the gate lets by.
-func quiet(ls []*Listener, clock tcpip.Clock) bool {
+// quiet reports whether an arriving segment other than a SYN or a RST,
+// with key its tupleKey (read from b only if needed), is none of the
+// listeners' on its port: none holds a handshake of the segment's 4-tuple
+// or has sent a SYN cookie that may still come back. Then it can only be a
+// live connection's, which the gate lets by.
+func (g *gate) quiet(ls []*Listener, b []byte) bool {
+	asked, may := false, false
 	for _, l := range ls {
-		if l.held.Load() > 0 || (l.lastCookie.Load() != 0 && l.cookiesRecent(clock.NowMonotonic())) {
+		if l.lastCookie.Load() != 0 && l.cookiesRecent(g.stack.Clock().NowMonotonic()) {
 			return false
 		}
+		if l.held.Load() > 0 && !asked {
+			asked, may = true, g.mayHold(keyOfPacket(b))
+		}
 	}
-	return true
+	return !may
 }
 
 // listenerFor returns the listener a segment arriving for id belongs to.
@@ -231,11 +237,31 @@ func (g *gate) close() {
 	g.mu.Unlock()
 }
 
+// upstream is what the gate delivers to.
+type upstream struct{ stack.NetworkDispatcher }
+
+// Attach implements stack.LinkEndpoint.
+func (g *gate) Attach(d stack.NetworkDispatcher) {
+	if d == nil {
+		g.up.Store(nil)
+	} else {
+		g.up.Store(&upstream{d})
+	}
+	g.Endpoint.Attach(d)
+}
+
 // DeliverNetworkPacket implements stack.NetworkDispatcher: packets from the
 // link pass through the gate on their way to the NIC.
 func (g *gate) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	if g.inbound(pkt) {
-		g.Endpoint.DeliverNetworkPacket(proto, pkt)
+		g.deliverUp(proto, pkt)
+	}
+}
+
+// deliverUp hands a packet to the NIC.
+func (g *gate) deliverUp(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	if up := g.up.Load(); up != nil {
+		up.DeliverNetworkPacket(proto, pkt)
 	}
 }
 
@@ -278,7 +304,7 @@ func (g *gate) injectIn(t tcpSpec) { g.injectBytes(t.proto, t.build()) }
 // injectBytes hands a packet's bytes to the stack as if they had arrived.
 func (g *gate) injectBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
 	pkt := newPacket(b)
-	g.Endpoint.DeliverNetworkPacket(proto, pkt)
+	g.deliverUp(proto, pkt)
 	pkt.DecRef()
 }
 
@@ -314,8 +340,20 @@ func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 	proxies := g.nProxied.Load() > 0
 	if !proxies {
 		ls := g.listeners.get(dport)
-		if ls == nil || (flags&(header.TCPFlagSyn|header.TCPFlagRst) == 0 && quiet(ls, g.stack.Clock())) {
+		switch {
+		case ls == nil:
 			return true
+		case flags&(header.TCPFlagSyn|header.TCPFlagRst) == 0:
+			if g.quiet(ls, b) {
+				return true
+			}
+		case flags&header.TCPFlagSyn == 0:
+			// A reset, most often a client's end of a live connection:
+			// if the gate holds nothing of its 4-tuple, it is only noted.
+			if key := keyOfPacket(b); !g.mayHold(key) {
+				g.resets.note(key, g.stack.Clock().NowMonotonic())
+				return true
+			}
 		}
 	}
 	s, ok := parse(b, true)
@@ -336,21 +374,34 @@ func (g *gate) inbound(pkt *stack.PacketBuffer) bool {
 	if l == nil {
 		return true
 	}
+	pass := g.decide(l, &s, b)
+	if pass && s.valid {
+		// The gate summed its checksums to decide it: the stack, which
+		// would sum them again, takes the packet as a NIC with checksum
+		// offload would hand it over.
+		pkt.RXChecksumValidated = true
+	}
+	return pass
+}
+
+// decide decides a segment to a listener's port and reports whether to
+// pass it to the stack.
+func (g *gate) decide(l *Listener, s *seg, b []byte) bool {
 	switch f := s.flags; {
 	case f.Contains(header.TCPFlagRst):
-		g.peerReset(&s)
+		g.peerReset(s)
 		return true
 	case f&(header.TCPFlagSyn|header.TCPFlagAck|header.TCPFlagFin) == header.TCPFlagSyn:
 		if !s.checksumValid() {
 			return true // the stack drops it
 		}
 		var fx effects
-		pass := g.syn(l, &s, b, &fx)
+		pass := g.syn(l, s, b, &fx)
 		g.apply(&fx)
 		return pass
 	case f.Contains(header.TCPFlagAck) && !f.Contains(header.TCPFlagSyn):
 		var fx effects
-		pass := g.ack(l, &s, b, &fx)
+		pass := g.ack(l, s, b, &fx)
 		g.apply(&fx)
 		return pass
 	}
@@ -405,7 +456,7 @@ func (g *gate) outbound(pkt *stack.PacketBuffer, after *effects) bool {
 	defer g.apply(&fx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	e := g.conns[s.id]
+	e := g.conns.get(keyOf(s.id), s.id)
 	if e == nil {
 		if p, ok := g.passed[s.id]; ok && s.ack == p.isn+1 {
 			delete(g.passed, s.id)
@@ -425,9 +476,13 @@ func (g *gate) outbound(pkt *stack.PacketBuffer, after *effects) bool {
 		return false
 	}
 	if e.synack == nil {
-		v := pkt.ToView()
-		e.synack = append([]byte(nil), v.AsSlice()...)
-		v.Release()
+		// Its bytes, from the header views, as one copy: a SYN-ACK of the
+		// stack's carries no data.
+		e.synack = make([]byte, 0, len(s.ip)+len(s.tcp)+s.payload)
+		e.synack = append(append(e.synack, s.ip...), s.tcp...)
+		if s.payload > 0 {
+			e.synack = append(e.synack, pkt.Data().AsRange().ToSlice()...)
+		}
 		e.serverISN = s.seq
 		g.armLocked(e)
 		g.answeredLocked(e, after)

@@ -31,6 +31,7 @@ type pending struct {
 	id    stack.TransportEndpointID
 	proto tcpip.NetworkProtocolNumber
 	isn   uint32 // the client's initial sequence number
+	key   uint32 // tupleKey of id
 	start tcpip.MonotonicTime
 
 	// Guarded by gate.mu.
@@ -65,7 +66,7 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 	if g.closed {
 		return true
 	}
-	if e := g.conns[s.id]; e != nil {
+	if e := g.conns.get(keyOf(s.id), s.id); e != nil {
 		if e.state == stateHalfOpen && s.seq == e.isn {
 			// The client sent its SYN again: the stack answers it with
 			// its SYN-ACK once more, as Linux does (tcp_check_req).
@@ -185,7 +186,7 @@ func (g *gate) rememberPassedLocked(s *seg) {
 // gate holds, perhaps that of a cookie handshake, or a live connection's.
 func (g *gate) ack(l *Listener, s *seg, b []byte, fx *effects) bool {
 	g.mu.Lock()
-	if e := g.conns[s.id]; e != nil {
+	if e := g.conns.get(keyOf(s.id), s.id); e != nil {
 		defer g.mu.Unlock()
 		return g.finalACKLocked(l, e, s, fx)
 	}
@@ -229,13 +230,18 @@ func (e *pending) haveSYNACK() bool { return e.synack != nil }
 // 4-tuple right behind it waits until the stack has processed it (see
 // holdSYNLocked).
 func (g *gate) peerReset(s *seg) {
+	key := keyOf(s.id)
+	if !g.mayHold(key) {
+		g.resets.note(key, g.stack.Clock().NowMonotonic())
+		return
+	}
 	var fx effects
 	defer g.apply(&fx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	e := g.conns[s.id]
+	e := g.conns.get(key, s.id)
 	if e == nil {
-		g.noteResetLocked(s.id)
+		g.resets.note(key, g.stack.Clock().NowMonotonic())
 		return
 	}
 	if e.state != stateHalfOpen {
@@ -244,27 +250,6 @@ func (g *gate) peerReset(s *seg) {
 	if e.l.q.Expire(e) {
 		g.forgetLocked(e, &fx)
 	}
-}
-
-// noteResetLocked remembers that a client reset its connection on id: the
-// last maxPassed of them, for a second, the oldest forgotten first, at a
-// constant cost.
-func (g *gate) noteResetLocked(id stack.TransportEndpointID) {
-	now := g.stack.Clock().NowMonotonic()
-	if g.resetOrder.Len() >= maxPassed {
-		old, _ := g.resetOrder.Pop()
-		if at, ok := g.resets[old.id]; ok && at == old.at {
-			delete(g.resets, old.id)
-		}
-	}
-	g.resets[id] = now
-	g.resetOrder.Push(noted{id, now})
-}
-
-// noted is a 4-tuple and when the gate noted it.
-type noted struct {
-	id stack.TransportEndpointID
-	at tcpip.MonotonicTime
 }
 
 // A SYN that follows a client's reset of the same 4-tuple within
@@ -285,11 +270,9 @@ const (
 // holdSYNLocked holds a copy of a SYN that chases a reset, and reports
 // whether it did.
 func (g *gate) holdSYNLocked(s *seg, b []byte) bool {
-	at, ok := g.resets[s.id]
-	if !ok || g.stack.Clock().NowMonotonic().Sub(at) > time.Second {
+	if !g.resets.take(keyOf(s.id), g.stack.Clock().NowMonotonic()) {
 		return false
 	}
-	delete(g.resets, s.id)
 	h := &heldSYN{proto: s.proto, s: *s, b: append([]byte(nil), b...), until: g.stack.Clock().NowMonotonic().Add(synRetryFor)}
 	h.timer = g.stack.Clock().AfterFunc(synRetryEvery, func() { g.retrySYN(h) })
 	g.held[h] = struct{}{}
@@ -369,54 +352,58 @@ func (g *gate) forgetLocked(e *pending, fx *effects) {
 func (g *gate) endLocked(e *pending) {
 	e.state = stateDead
 	e.l.handover.Broadcast()
+	e.l.acc.Wake()
 }
 
 // holdLocked records e among the connections the gate holds, and
 // unholdLocked forgets it if it is still there; the listener counts them,
 // for the packet path's look at a port (quiet).
 func (g *gate) holdLocked(e *pending) {
-	g.conns[e.id] = e
-	g.connsPeak = max(g.connsPeak, len(g.conns))
+	e.key = keyOf(e.id)
+	if old := g.conns.get(e.key, e.id); old != nil {
+		g.unholdLocked(old)
+	}
+	g.conns.put(e)
 	e.l.held.Add(1)
+	g.heldByKey[e.key%heldSlots].Add(1)
 }
 
 func (g *gate) unholdLocked(e *pending) {
-	if g.conns[e.id] != e {
+	if !g.conns.remove(e) {
 		return
 	}
-	delete(g.conns, e.id)
 	e.l.held.Add(-1)
-	if len(g.conns) == 0 && g.connsPeak > shrinkAbove {
-		// A map keeps the room it grew to: after a burst, start afresh.
-		g.conns, g.connsPeak = map[stack.TransportEndpointID]*pending{}, 0
-	}
+	g.heldByKey[e.key%heldSlots].Add(-1)
 }
 
-// shrinkAbove is how many entries a map of the gate's may have held before
-// the gate replaces it, once empty, by a small one.
+// shrinkAbove is how many entries a map or table of the gate's may have
+// held before the gate replaces it, once empty, by a small one.
 const shrinkAbove = 1024
 
 // deliver hands over an endpoint gVisor established for a listener: the
-// connection the gate passed, or one it must now reset.
-func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) {
+// connection the gate passed, or one it must now reset, which it returns
+// for the caller to abort (deliver runs where the endpoint's lock may be
+// held).
+func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) (abort tcpip.Endpoint) {
 	id := ep.(*tcp.Endpoint).TransportEndpointInfo.ID // set before the endpoint was queued
 	g.mu.Lock()
-	e := g.conns[id]
+	e := g.conns.get(keyOf(id), id)
 	if e != nil && e.l == l {
 		g.unholdLocked(e)
 	}
 	if e == nil || e.l != l || e.state != stateCompleting {
 		g.mu.Unlock()
-		ep.Abort() // not a connection the gate let through, or reset since
 		if e != nil && e.cookieBorn {
 			g.retireLater(id)
 		}
-		return
+		return ep // not a connection the gate let through, or reset since
 	}
 	e.ep, e.wq = ep, wq
 	e.state = stateDelivered
 	l.handover.Broadcast()
 	g.mu.Unlock()
+	l.acc.Wake()
+	return nil
 }
 
 // resetPending resets a connection the listener's Queue gave up (listen()
@@ -447,13 +434,17 @@ func (g *gate) dropListener(l *Listener) {
 	for l.answers.Len() > 0 {
 		l.answers.Pop()
 	}
-	for _, e := range g.conns {
+	var mine []*pending
+	g.conns.all(func(e *pending) {
 		if e.l == l {
-			g.unscheduleLocked(e)
-			g.unholdLocked(e)
-			if e.state != stateDelivered && e.state != stateDead {
-				g.endLocked(e)
-			}
+			mine = append(mine, e)
+		}
+	})
+	for _, e := range mine {
+		g.unscheduleLocked(e)
+		g.unholdLocked(e)
+		if e.state != stateDelivered && e.state != stateDead {
+			g.endLocked(e)
 		}
 	}
 }

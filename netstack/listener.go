@@ -82,12 +82,17 @@ type Listener struct {
 	// when it delivers one, or one dies.
 	handover sync.Cond
 
+	// handed calls handedOver when gVisor queues a connection.
+	handed waiter.Entry
+
 	// waits gathers how long accepted connections waited, by the stack's
 	// clock.
 	waits backlog.QueueWaitRecorder
 	// shed applies the overload policy; nil without one.
 	shed *overload.Listener
 
+	// wg counts the goroutines that abort the endpoints handedOver may
+	// not abort itself.
 	wg sync.WaitGroup
 }
 
@@ -176,6 +181,9 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 		// a SYN queue of their own (Linux inet_csk_listen_stop, gVisor,
 		// FreeBSD's syncache) they are dropped without a word.
 		Reset: func(e *pending, closing bool) { l.gate.resetPending(e, !closing || l.p.HalfOpen.Shared) },
+		// The queue takes a connection at its final ACK; gVisor hands it
+		// over once its processor has handled that ACK (deliver).
+		Handover: true,
 	})
 	if c.Overload.Enabled() {
 		l.shed = overload.New(overload.Config{
@@ -191,8 +199,8 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 		})
 	}
 	h.gate.addListener(l)
-	l.wg.Add(1)
-	go l.drain()
+	l.handed = waiter.NewFunctionEntry(waiter.ReadableEvents, l.handedOver)
+	l.wq.EventRegister(&l.handed)
 	return l, nil
 }
 
@@ -236,26 +244,29 @@ func (l *Listener) cookiesRecent(now tcpip.MonotonicTime) bool {
 	return age <= (cookieMaxAge+1)*cookieTick
 }
 
-// drain takes every connection gVisor established for this listener and
-// hands it to the gate, until the listener closes.
-func (l *Listener) drain() {
-	defer l.wg.Done()
-	entry, notify := waiter.NewChannelEntry(waiter.ReadableEvents)
-	l.wq.EventRegister(&entry)
-	defer l.wq.EventUnregister(&entry)
+// handedOver takes every connection gVisor has established for this
+// listener and hands it to the gate. gVisor calls it when it queues one
+// (tcp deliverAccepted), on the goroutine that completed the handshake,
+// which holds that endpoint's lock: so no goroutine of this package stands
+// between gVisor and Accept, and an endpoint to abort is aborted on a
+// goroutine of its own. Only a plain readable event is a handover: the
+// listener's close and the stack's are signalled with EventHUp, under the
+// listening endpoint's lock, which Accept would take again.
+func (l *Listener) handedOver(mask waiter.EventMask) {
+	if mask != waiter.ReadableEvents {
+		return
+	}
 	for {
 		ep, wq, err := l.ep.Accept(nil)
-		if err == nil {
-			l.gate.deliver(l, ep, wq)
-			continue
+		if err != nil {
+			return // none left, or the endpoint closed
 		}
-		if _, wouldBlock := err.(*tcpip.ErrWouldBlock); !wouldBlock {
-			return // the endpoint closed
-		}
-		select {
-		case <-notify:
-		case <-l.acc.Closed():
-			return
+		if ep := l.gate.deliver(l, ep, wq); ep != nil {
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				ep.Abort()
+			}()
 		}
 	}
 }
@@ -375,6 +386,9 @@ func (l *Listener) Close() error {
 	l.handover.Broadcast() // an Accept waiting in take sees the close
 	l.gate.mu.Unlock()
 	l.gate.removeListener(l)
+	// Once unregistered, no handover runs (waiter.Queue holds its lock
+	// while it calls one), so none adds to wg.
+	l.wq.EventUnregister(&l.handed)
 	l.ep.Close()
 	l.wg.Wait()
 	// gVisor may hand over a connection before its endpoint closed;

@@ -135,7 +135,7 @@ func newMemServer(b testing.TB, impl string, complete bool, count int) *memServe
 		if complete {
 			ms.holds = func(_ *forger, c int) bool {
 				h.gate.mu.Lock()
-				inFlight := len(h.gate.conns)
+				inFlight := h.gate.conns.n
 				h.gate.mu.Unlock()
 				return l.Len() == c && inFlight == 0 && established() == c
 			}

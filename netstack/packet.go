@@ -28,8 +28,13 @@ type seg struct {
 	// if absent), SACK-permitted and timestamps.
 	syn header.TCPSynOptions
 	// tcp is the TCP header and payload, aliasing the packet, so that
-	// the gate can rewrite sequence numbers in place.
+	// the gate can rewrite sequence numbers in place. For a packet
+	// leaving (parseOutbound) it is the header alone, and ip the IP
+	// header.
 	tcp header.TCP
+	ip  []byte
+	// valid is set once checksumValid has found both checksums right.
+	valid bool
 }
 
 // parse reads an IPv4 or IPv6 packet carrying TCP. inbound says whether the
@@ -41,7 +46,9 @@ func parse(b []byte, inbound bool) (s seg, ok bool) {
 	if !ok {
 		return s, false
 	}
-	return parseTCP(proto, src, dst, b[hl:total], inbound)
+	s, ok = parseTCP(proto, src, dst, b[hl:total], inbound)
+	s.ip = b[:hl]
+	return s, ok
 }
 
 // parseIP reads an IP header: the protocol, the addresses, and where the
@@ -128,15 +135,23 @@ func parseOutbound(pkt *stack.PacketBuffer) (s seg, ok bool) {
 	}
 	s, ok = parseTCP(pkt.NetworkProtocolNumber, src, dst, th, false)
 	s.payload = pkt.Data().Size()
+	s.ip = nh
 	return s, ok
 }
 
-// checksumValid reports whether the TCP checksum of s is right. Only a
+// checksumValid reports whether the checksums of s, an arriving segment,
+// are right: the TCP checksum and, over IPv4, the header's. Only a
 // decision asks: the pseudo-header is summed then, not for every packet.
+// When both are right, the stack need not check them again (see
+// gate.inbound).
 func (s *seg) checksumValid() bool {
+	if s.proto == ipv4.ProtocolNumber && !header.IPv4(s.ip).IsChecksumValid() {
+		return false
+	}
 	src, dst := s.id.RemoteAddress, s.id.LocalAddress // s arrived: Local is the destination
 	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(s.tcp)))
-	return s.tcp.CalculateChecksum(checksum.Checksum(s.tcp[s.tcp.DataOffset():], pseudo)) == 0xffff
+	s.valid = s.tcp.CalculateChecksum(checksum.Checksum(s.tcp[s.tcp.DataOffset():], pseudo)) == 0xffff
+	return s.valid
 }
 
 // peekTCP reads, without parsing anything else, the destination port and

@@ -41,15 +41,30 @@ type Config[T comparable] struct {
 	// Reset ends a connection the queue gave up: the excess of listen()
 	// again, or whatever waits at Close (closing set).
 	Reset func(t T, closing bool)
+	// Handover, if set, says that the transport hands a queued
+	// connection over some time after the queue took it, and calls Wake
+	// when it does (and when one dies): Accept then waits for Wake rather
+	// than for the queue, so that it is not woken only to wait again in
+	// Take.
+	Handover bool
 }
 
 // An Acceptor is the accept side of one listener. Its methods are safe for
 // use by many goroutines at once.
 type Acceptor[T comparable] struct {
-	cfg    Config[T]
-	q      *backlog.Queue[T]
-	yield  time.Duration // 0: the personality returns slots at once
-	closed chan struct{}
+	cfg Config[T]
+	q   *backlog.Queue[T]
+	// deferred is set for a personality with the KB 295079 defect, whose
+	// accept() slots come back only when the accepting thread yields;
+	// yield is how long that thread runs before it is taken to be
+	// pre-empted.
+	deferred bool
+	yield    time.Duration
+	closed   chan struct{}
+	// ready wakes Accept: the queue's Ready, or handed, which Wake
+	// signals, under Config.Handover.
+	ready  <-chan struct{}
+	handed chan struct{}
 
 	deadline deadline.Deadline
 
@@ -60,9 +75,13 @@ type Acceptor[T comparable] struct {
 
 // New returns an acceptor for cfg.Queue.
 func New[T comparable](cfg Config[T]) *Acceptor[T] {
-	a := &Acceptor[T]{cfg: cfg, q: cfg.Queue, closed: make(chan struct{})}
+	a := &Acceptor[T]{cfg: cfg, q: cfg.Queue, closed: make(chan struct{}), ready: cfg.Queue.Ready()}
+	if cfg.Handover {
+		a.handed = make(chan struct{}, 1)
+		a.ready = a.handed
+	}
 	if p := cfg.Queue.Personality(); p.DeferredSlotReturn {
-		a.yield = p.YieldAfter()
+		a.deferred, a.yield = true, p.YieldAfter()
 	}
 	return a
 }
@@ -96,6 +115,9 @@ func (a *Acceptor[T]) Accept() (net.Conn, error) {
 		default:
 		}
 		if t, ok := a.q.Accept(); ok {
+			if a.handed != nil && a.q.Len() > 0 {
+				a.Wake() // for another Accept, as the queue does
+			}
 			c, ok := a.take(t)
 			if !ok {
 				continue
@@ -103,12 +125,24 @@ func (a *Acceptor[T]) Accept() (net.Conn, error) {
 			a.armYield()
 			return c, nil
 		}
-		a.q.Yield()
+		if a.deferred {
+			a.q.Yield() // only the KB 295079 defect owes slots to a yield
+		}
 		select {
-		case <-a.q.Ready():
+		case <-a.ready:
 		case <-a.closed:
 		case <-expired:
 		}
+	}
+}
+
+// Wake wakes an Accept waiting for a connection, under Config.Handover:
+// the transport has handed one over, or one died. It never blocks; a wake
+// with no Accept waiting is kept for the next.
+func (a *Acceptor[T]) Wake() {
+	select {
+	case a.handed <- struct{}{}:
+	default:
 	}
 }
 
