@@ -463,7 +463,7 @@ func (g *gate) outbound(pkt *stack.PacketBuffer, after *effects) bool {
 			e, _ = g.admitLocked(l, s.proto, s.id, p.isn, p.syn, p.at, &fx)
 		}
 	}
-	if e == nil || e.state == stateDead {
+	if e == nil || e.state() == stateDead {
 		// Every SYN the stack answers was passed by the gate, which
 		// holds it until delivery; a SYN-ACK for anything else belongs to
 		// a handshake the gate ended, or did not admit, just as the stack
@@ -473,6 +473,12 @@ func (g *gate) outbound(pkt *stack.PacketBuffer, after *effects) bool {
 			sport: s.id.RemotePort, dport: s.id.LocalPort,
 			seq: s.ack, flags: header.TCPFlagRst,
 		})
+		return false
+	}
+	if e.state() != stateHalfOpen {
+		// The final ACK has passed, and the stack, which has not yet
+		// processed it, sends its SYN-ACK again: the schedule is over,
+		// and the handshake must not go back on it.
 		return false
 	}
 	if e.synack == nil {

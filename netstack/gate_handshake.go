@@ -25,30 +25,51 @@ type passedSYN struct {
 const maxPassed = 1024
 
 // pending is one connection between its SYN and accept(): what the
-// listener's Queue holds.
+// listener's Queue holds. What the gate needs to decide its packets is in
+// its handshake, which it drops once gVisor has handed the connection over
+// (but for a cookie-born connection, whose translation outlives it): a
+// connection that waits for accept() keeps 32 bytes here, less than the
+// list element gVisor's own accept queue would keep for it.
 type pending struct {
+	*handshake // nil once delivered; guarded by gate.mu
+	// Set by deliver, under gate.mu; read by take.
+	ep    *tcp.Endpoint
+	wq    *waiter.Queue
+	start tcpip.MonotonicTime // when its SYN (or cookie ACK) arrived
+}
+
+// handshake is what the gate knows of a pending connection until gVisor
+// hands it over. Guarded by gate.mu.
+type handshake struct {
 	l     *Listener
 	id    stack.TransportEndpointID
 	proto tcpip.NetworkProtocolNumber
 	isn   uint32 // the client's initial sequence number
 	key   uint32 // tupleKey of id
-	start tcpip.MonotonicTime
 
-	// Guarded by gate.mu.
-	state      pendingState
-	synack     []byte // the first SYN-ACK, sent again on schedule
-	serverISN  uint32
-	retx       int                 // SYN-ACK retransmissions sent
-	allowRetx  int                 // SYN-ACKs the stack may send in answer to repeated SYNs
-	due        tcpip.MonotonicTime // when the schedule next needs it
-	slot       int                 // its place in gate.sched, plus one; 0 if none
-	ep         tcpip.Endpoint      // the established endpoint, once delivered
-	wq         *waiter.Queue
+	st         pendingState
 	cookieBorn bool
 	// answered is set once the SYN has had its answer: the stack's
 	// SYN-ACK left, or the connection died first (see answer).
-	answered bool
+	answered  bool
+	synack    []byte // the first SYN-ACK, sent again on schedule
+	serverISN uint32
+	retx      int                 // SYN-ACK retransmissions sent
+	allowRetx int                 // SYN-ACKs the stack may send in answer to repeated SYNs
+	due       tcpip.MonotonicTime // when the schedule next needs it
+	slot      int                 // its place in gate.sched, plus one; 0 if none
 }
+
+// state is e's state: its handshake's, or delivered once that is gone.
+func (e *pending) state() pendingState {
+	if e.handshake == nil {
+		return stateDelivered
+	}
+	return e.st
+}
+
+// cookie reports whether e was born of a SYN cookie.
+func (e *pending) cookie() bool { return e.handshake != nil && e.cookieBorn }
 
 type pendingState uint8
 
@@ -67,7 +88,7 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 		return true
 	}
 	if e := g.conns.get(keyOf(s.id), s.id); e != nil {
-		if e.state == stateHalfOpen && s.seq == e.isn {
+		if e.state() == stateHalfOpen && s.seq == e.isn {
 			// The client sent its SYN again: the stack answers it with
 			// its SYN-ACK once more, as Linux does (tcp_check_req).
 			e.allowRetx++
@@ -96,8 +117,8 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 // ended. It returns the outcome, and the pending connection when admitted.
 func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, isn uint32, syn header.TCPSynOptions, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
 	e := &pending{
-		l: l, id: id, proto: proto, isn: isn, start: start,
-		state: stateHalfOpen,
+		handshake: &handshake{l: l, id: id, proto: proto, isn: isn, st: stateHalfOpen},
+		start:     start,
 	}
 	o, victim, evicted := l.q.SYN(e)
 	if evicted {
@@ -199,7 +220,7 @@ func (g *gate) ack(l *Listener, s *seg, b []byte, fx *effects) bool {
 
 // finalACKLocked decides an ACK for a connection the gate holds.
 func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool {
-	if e.state != stateHalfOpen {
+	if e.state() != stateHalfOpen {
 		return true // completing: further segments go to the stack
 	}
 	if !e.haveSYNACK() || s.ack != e.serverISN+1 || !s.checksumValid() {
@@ -207,7 +228,7 @@ func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool
 	}
 	switch l.q.Established(e) {
 	case backlog.Queued:
-		e.state = stateCompleting
+		e.st = stateCompleting
 		g.unscheduleLocked(e) // the schedule is over
 		e.synack = nil
 		return true
@@ -244,7 +265,7 @@ func (g *gate) peerReset(s *seg) {
 		g.resets.note(key, g.stack.Clock().NowMonotonic())
 		return
 	}
-	if e.state != stateHalfOpen {
+	if e.state() != stateHalfOpen {
 		return
 	}
 	if e.l.q.Expire(e) {
@@ -343,14 +364,14 @@ func (g *gate) forgetLocked(e *pending, fx *effects) {
 	g.unscheduleLocked(e)
 	g.answeredLocked(e, fx)
 	g.unholdLocked(e)
-	if e.state != stateDelivered {
+	if e.state() != stateDelivered {
 		g.endLocked(e)
 	}
 }
 
 // endLocked marks e dead, for an Accept that waits for it in take.
 func (g *gate) endLocked(e *pending) {
-	e.state = stateDead
+	e.st = stateDead
 	e.l.handover.Broadcast()
 	e.l.acc.Wake()
 }
@@ -391,15 +412,20 @@ func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) (abort 
 	if e != nil && e.l == l {
 		g.unholdLocked(e)
 	}
-	if e == nil || e.l != l || e.state != stateCompleting {
+	if e == nil || e.l != l || e.state() != stateCompleting {
 		g.mu.Unlock()
-		if e != nil && e.cookieBorn {
+		if e != nil && e.cookie() {
 			g.retireLater(id)
 		}
 		return ep // not a connection the gate let through, or reset since
 	}
-	e.ep, e.wq = ep, wq
-	e.state = stateDelivered
+	e.ep, e.wq = ep.(*tcp.Endpoint), wq
+	g.unscheduleLocked(e) // the final ACK took it off; the heap must not keep it past its handshake
+	if e.cookieBorn {
+		e.st = stateDelivered // its handshake stays, for its translation's end
+	} else {
+		e.handshake = nil
+	}
 	l.handover.Broadcast()
 	g.mu.Unlock()
 	l.acc.Wake()
@@ -413,7 +439,7 @@ func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) (abort 
 func (g *gate) resetPending(e *pending, tellHalfOpen bool) {
 	var fx effects
 	g.mu.Lock()
-	switch e.state {
+	switch e.state() {
 	case stateHalfOpen:
 		g.killLocked(e, tellHalfOpen, &fx)
 	case stateCompleting:
@@ -443,7 +469,7 @@ func (g *gate) dropListener(l *Listener) {
 	for _, e := range mine {
 		g.unscheduleLocked(e)
 		g.unholdLocked(e)
-		if e.state != stateDelivered && e.state != stateDead {
+		if e.state() != stateDelivered && e.state() != stateDead {
 			g.endLocked(e)
 		}
 	}

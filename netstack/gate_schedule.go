@@ -89,7 +89,7 @@ func (g *gate) fire() {
 
 // tickLocked is e's turn: a retransmission or the end.
 func (g *gate) tickLocked(e *pending, now tcpip.MonotonicTime, fx *effects) {
-	if e.state != stateHalfOpen || g.conns.get(e.key, e.id) != e {
+	if e.state() != stateHalfOpen || g.conns.get(e.key, e.id) != e {
 		return
 	}
 	sched := e.l.p.SYNACK

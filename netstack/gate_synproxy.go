@@ -112,8 +112,8 @@ func (g *gate) cookieACK(l *Listener, s *seg, b []byte, fx *effects) bool {
 		syn.WS, syn.SACKPermitted = cookieOptions(tsecr)
 	}
 	e := &pending{
-		l: l, id: s.id, proto: s.proto, isn: s.seq - 1,
-		start: g.stack.Clock().NowMonotonic(),
+		handshake: &handshake{l: l, id: s.id, proto: s.proto, isn: s.seq - 1},
+		start:     g.stack.Clock().NowMonotonic(),
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -122,7 +122,7 @@ func (g *gate) cookieACK(l *Listener, s *seg, b []byte, fx *effects) bool {
 	}
 	switch l.q.CookieACK(e) {
 	case backlog.Queued:
-		e.state, e.cookieBorn = stateCompleting, true
+		e.st, e.cookieBorn = stateCompleting, true
 		g.holdLocked(e)
 		p := &proxy{id: s.id, e: e, cookie: s.ack - 1, cookieTS: tsecr}
 		p.holdLocked(b)
@@ -279,7 +279,7 @@ func (g *gate) abortRebuildLocked(p *proxy, fx *effects) {
 			sport: e.id.RemotePort, dport: e.id.LocalPort,
 			seq: e.isn + 1, flags: header.TCPFlagRst,
 		})
-		if e.state == stateCompleting {
+		if e.state() == stateCompleting {
 			g.forgetLocked(e, fx)
 		}
 	}

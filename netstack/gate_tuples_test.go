@@ -67,7 +67,7 @@ func TestConnTable(t *testing.T) {
 		id := stack.TransportEndpointID{LocalPort: 80, LocalAddress: tcpip.AddrFrom4([4]byte{198, 18, 0, 1}),
 			RemotePort: uint16(i), RemoteAddress: tcpip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})}
 		// A few keys only, so that probes collide and wrap around.
-		return &pending{id: id, key: uint32(rng.IntN(8)) * 0x10001}
+		return &pending{handshake: &handshake{id: id, key: uint32(rng.IntN(8)) * 0x10001}}
 	}
 	var all []*pending
 	for step := range 6000 {

@@ -290,7 +290,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 func (l *Listener) take(e *pending, closed <-chan struct{}) (net.Conn, bool) {
 	g := l.gate
 	g.mu.Lock()
-	for e.state == stateCompleting {
+	for e.state() == stateCompleting {
 		select {
 		case <-closed:
 			g.mu.Unlock()
@@ -299,7 +299,11 @@ func (l *Listener) take(e *pending, closed <-chan struct{}) (net.Conn, bool) {
 		}
 		l.handover.Wait()
 	}
-	ep, wq := e.ep, e.wq
+	ep, wq, cookie := e.ep, e.wq, e.cookie()
+	var id stack.TransportEndpointID
+	if cookie {
+		id = e.id
+	}
 	g.mu.Unlock()
 	if ep == nil {
 		return nil, false // reset before gVisor handed it over
@@ -310,8 +314,7 @@ func (l *Listener) take(e *pending, closed <-chan struct{}) (net.Conn, bool) {
 		// Under a policy, only the connections served count.
 		l.waits.Observe(c.waited)
 	}
-	if e.cookieBorn {
-		id := e.id
+	if cookie {
 		c.onClose = func() { l.gate.retireLater(id) }
 	}
 	return c, true

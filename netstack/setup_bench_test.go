@@ -3,6 +3,7 @@ package netstack
 import (
 	"context"
 	"net"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -230,4 +231,59 @@ func abortConn(c net.Conn) {
 func percentile(sorted []time.Duration, p int) time.Duration {
 	i := (len(sorted)*p + 99) / 100
 	return sorted[max(i-1, 0)]
+}
+
+// BenchmarkSetupByHost is BenchmarkSetup's backlog case laid out for a CPU
+// profile: each host's goroutines carry a pprof label ("host"), and so do
+// the goroutines of each side, so that
+//
+//	go test -run '^$' -bench SetupByHost -benchtime 20s -cpuprofile cpu.out ./netstack
+//	go tool pprof -tags cpu.out
+//
+// splits the process's CPU by who spent it: srv, the gated host of this
+// package's listener, against bare, the ungated host of gVisor's; srvapp
+// and bareapp the accepting goroutines; cliA and cliB the client hosts
+// (one per side, so that neither's work lands on the other's), appA and
+// appB the dialling goroutines. -tagfocus host=^srv$ then profiles the
+// gated host alone. The metrics are BenchmarkSetup's.
+func BenchmarkSetupByHost(b *testing.B) {
+	n := NewNetwork(nil)
+	b.Cleanup(func() { n.Close() })
+	host := func(label string, gated bool) (h *Host) {
+		pprof.Do(context.Background(), pprof.Labels("host", label), func(context.Context) {
+			var err error
+			if h, err = n.newHost(gated); err != nil {
+				b.Fatal(err)
+			}
+		})
+		return h
+	}
+	srv, cliA := host("srv", true), host("cliA", true)    // 198.18.0.1, .2
+	bare, cliB := host("bare", false), host("cliB", true) // .3, .4
+	var gated *Listener
+	var native net.Listener
+	var done []chan struct{}
+	pprof.Do(context.Background(), pprof.Labels("host", "srvapp"), func(context.Context) {
+		gated = listen(b, srv, "linux", benchBacklog)
+		done = append(done, closeAll(gated))
+	})
+	pprof.Do(context.Background(), pprof.Labels("host", "bareapp"), func(context.Context) {
+		native = nativeListen(b, bare, 80, benchBacklog)
+		done = append(done, closeAll(native))
+	})
+	b.Cleanup(func() {
+		gated.Close()
+		native.Close()
+		for _, d := range done {
+			<-d
+		}
+	})
+	dial := func(cli *Host, addr, label string) dialFunc {
+		return func(ctx context.Context) (net.Conn, error) {
+			// The dialling goroutine, its read and its reset.
+			pprof.SetGoroutineLabels(pprof.WithLabels(ctx, pprof.Labels("host", label)))
+			return cli.Dial(ctx, "tcp", addr)
+		}
+	}
+	benchSetup(b, dial(cliA, serverAddr+":80", "appA"), dial(cliB, "198.18.0.3:80", "appB"))
 }

@@ -52,6 +52,7 @@ for r in $(seq "$ROUNDS"); do
 	echo "round $r of $ROUNDS ..." >&2
 	bench kernel kernel.test kernel.txt -test.bench '^BenchmarkAccept$' -test.benchtime "$BENCHTIME"
 	bench netstack netstack.test netstack.txt -test.bench '^BenchmarkSetup$' -test.benchtime "$BENCHTIME"
+	bench netstack netstack.test netstack.txt -test.bench '^BenchmarkEcho$' -test.benchtime 20000x
 	bench . queue.test queue.txt -test.bench '^BenchmarkQueue' -test.benchtime "$QUEUETIME"
 	bench netstack netstack.test memory.txt -test.bench '^Benchmark(Memory|Flood)$' -test.benchtime 1x
 	bench internal/lab lab.test lab.txt -test.bench '^BenchmarkLabAll$' -test.benchtime 1x
@@ -257,6 +258,9 @@ END {
 	row("2. netstack setup", "reference: gVisor listener on the gated host", setup(G), setup(S "gvisor-gated"), pairedcell(S "gvisor-gated"), "—", "—")
 	row("2. netstack setup", "reference: host kernel, loopback", setup(G), setup(S "kernel"), pairedcell(S "kernel"), "—", "—")
 	row("2. netstack setup", "noise of the method: gVisor listener vs another", "", "", pairedcell(G), "—", "—")
+	E = "BenchmarkEcho/impl="
+	ok = med(E "backlog", "allocs/op") != "" && med(E "backlog", "allocs/op") <= med(E "gvisor", "allocs/op")
+	row("2. netstack data path", "one byte echoed, allocations (whole process) vs gVisor listener on an ungated host", num(med(E "gvisor", "allocs/op"), 0) " allocs, " num(med(E "gvisor", "ns/op") / 1000, 1) " µs", num(med(E "backlog", "allocs/op"), 0) " allocs, " num(med(E "backlog", "ns/op") / 1000, 1) " µs", ratiocell(E "backlog", E "gvisor", "ns/op"), "adds 0 allocs", met(ok))
 
 	Q = "BenchmarkQueue/op="
 	P = "BenchmarkQueueParallel/op="
@@ -283,7 +287,8 @@ END {
 	for (i = 1; i <= n; i++) {
 		c = M st[i] "/impl=backlog"
 		b = M st[i] "/impl=gvisor"
-		row("4. memory", "bytes per " (st[i] == "waiting" ? "waiting connection" : "half-open handshake") " (baseline: gVisor listener)", num(med(b, "B/conn"), 0) " B", num(med(c, "B/conn"), 0) " B", mratiocell(c, b, "B/conn"), "—", "—")
+		ok = med(c, "B/conn") != "" && med(c, "B/conn") <= med(b, "B/conn")
+		row("4. memory", "bytes per " (st[i] == "waiting" ? "waiting connection" : "half-open handshake") " (baseline: gVisor listener)", num(med(b, "B/conn"), 0) " B", num(med(c, "B/conn"), 0) " B", mratiocell(c, b, "B/conn"), "≤ 1.0", met(ok))
 	}
 	F = "BenchmarkFlood/"
 	row("4. memory", "SYN flood, cookies (linux, listen max)", flood(F "impl=gvisor"), flood(F "personality=linux/impl=backlog"), mratiocell(F "personality=linux/impl=backlog", F "impl=gvisor", "heap-KiB"), "bounded by the backlog", met(med(F "personality=linux/impl=backlog", "half-open") != "" && med(F "personality=linux/impl=backlog", "half-open") <= 4097))
