@@ -371,8 +371,8 @@ func (l *Listener) SetBacklog(n int) error { return l.acc.SetBacklog(n) }
 // Addr returns the listener's address.
 func (l *Listener) Addr() net.Addr { return l.addr }
 
-// Close stops listening: a blocked Accept returns, and the listener's
-// goroutine is stopped before Close returns. Completed connections waiting
+// Close stops listening: a blocked Accept returns, and no goroutine of the
+// listener's is left when Close returns. Completed connections waiting
 // for accept() are reset, as every system does. Half-open ones are reset
 // where they share the limit with completed ones (BSD soabort, Winsock);
 // where they live in a SYN queue of their own (Linux inet_csk_listen_stop,
