@@ -201,6 +201,9 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 	h.gate.addListener(l)
 	l.handed = waiter.NewFunctionEntry(waiter.ReadableEvents, l.handedOver)
 	l.wq.EventRegister(&l.handed)
+	// A handshake the gate passed may have completed before there was
+	// anyone to be told.
+	l.handedOver(waiter.ReadableEvents)
 	return l, nil
 }
 
