@@ -403,8 +403,7 @@ const shrinkAbove = 1024
 
 // deliver hands over an endpoint gVisor established for a listener: the
 // connection the gate passed, or one it must now reset, which it returns
-// for the caller to abort (deliver runs where the endpoint's lock may be
-// held).
+// for the caller to abort once the gate's lock is released.
 func (g *gate) deliver(l *Listener, ep tcpip.Endpoint, wq *waiter.Queue) (abort tcpip.Endpoint) {
 	id := ep.(*tcp.Endpoint).TransportEndpointInfo.ID // set before the endpoint was queued
 	g.mu.Lock()

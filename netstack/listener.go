@@ -82,17 +82,13 @@ type Listener struct {
 	// when it delivers one, or one dies.
 	handover sync.Cond
 
-	// handed calls handedOver when gVisor queues a connection.
-	handed waiter.Entry
-
 	// waits gathers how long accepted connections waited, by the stack's
 	// clock.
 	waits backlog.QueueWaitRecorder
 	// shed applies the overload policy; nil without one.
 	shed *overload.Listener
 
-	// wg counts the goroutines that abort the endpoints handedOver may
-	// not abort itself.
+	// wg counts the drain goroutine.
 	wg sync.WaitGroup
 }
 
@@ -199,11 +195,8 @@ func (h *Host) Listen(ctx context.Context, network, address string, cfg *ListenC
 		})
 	}
 	h.gate.addListener(l)
-	l.handed = waiter.NewFunctionEntry(waiter.ReadableEvents, l.handedOver)
-	l.wq.EventRegister(&l.handed)
-	// A handshake the gate passed may have completed before there was
-	// anyone to be told.
-	l.handedOver(waiter.ReadableEvents)
+	l.wg.Add(1)
+	go l.drain()
 	return l, nil
 }
 
@@ -247,29 +240,32 @@ func (l *Listener) cookiesRecent(now tcpip.MonotonicTime) bool {
 	return age <= (cookieMaxAge+1)*cookieTick
 }
 
-// handedOver takes every connection gVisor has established for this
-// listener and hands it to the gate. gVisor calls it when it queues one
-// (tcp deliverAccepted), on the goroutine that completed the handshake,
-// which holds that endpoint's lock: so no goroutine of this package stands
-// between gVisor and Accept, and an endpoint to abort is aborted on a
-// goroutine of its own. Only a plain readable event is a handover: the
-// listener's close and the stack's are signalled with EventHUp, under the
-// listening endpoint's lock, which Accept would take again.
-func (l *Listener) handedOver(mask waiter.EventMask) {
-	if mask != waiter.ReadableEvents {
-		return
-	}
+// drain takes every connection gVisor established for this listener and
+// hands it to the gate, until the listener closes. (A waiter callback on
+// gVisor's goroutine saves this goroutine's hop, but it runs holding the
+// new endpoint's lock and takes the listener's; with it, a lab interrupted
+// on a terminal once failed to stop under CI's load, cause not found, and
+// the goroutine was put back.)
+func (l *Listener) drain() {
+	defer l.wg.Done()
+	entry, notify := waiter.NewChannelEntry(waiter.ReadableEvents)
+	l.wq.EventRegister(&entry)
+	defer l.wq.EventUnregister(&entry)
 	for {
 		ep, wq, err := l.ep.Accept(nil)
-		if err != nil {
-			return // none left, or the endpoint closed
-		}
-		if ep := l.gate.deliver(l, ep, wq); ep != nil {
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
+		if err == nil {
+			if ep := l.gate.deliver(l, ep, wq); ep != nil {
 				ep.Abort()
-			}()
+			}
+			continue
+		}
+		if _, wouldBlock := err.(*tcpip.ErrWouldBlock); !wouldBlock {
+			return // the endpoint closed
+		}
+		select {
+		case <-notify:
+		case <-l.acc.Closed():
+			return
 		}
 	}
 }
@@ -374,8 +370,8 @@ func (l *Listener) SetBacklog(n int) error { return l.acc.SetBacklog(n) }
 // Addr returns the listener's address.
 func (l *Listener) Addr() net.Addr { return l.addr }
 
-// Close stops listening: a blocked Accept returns, and no goroutine of the
-// listener's is left when Close returns. Completed connections waiting
+// Close stops listening: a blocked Accept returns, and the listener's
+// goroutine is stopped before Close returns. Completed connections waiting
 // for accept() are reset, as every system does. Half-open ones are reset
 // where they share the limit with completed ones (BSD soabort, Winsock);
 // where they live in a SYN queue of their own (Linux inet_csk_listen_stop,
@@ -392,9 +388,6 @@ func (l *Listener) Close() error {
 	l.handover.Broadcast() // an Accept waiting in take sees the close
 	l.gate.mu.Unlock()
 	l.gate.removeListener(l)
-	// Once unregistered, no handover runs (waiter.Queue holds its lock
-	// while it calls one), so none adds to wg.
-	l.wq.EventUnregister(&l.handed)
 	l.ep.Close()
 	l.wg.Wait()
 	// gVisor may hand over a connection before its endpoint closed;
