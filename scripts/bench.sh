@@ -218,6 +218,14 @@ function qcell(n) {
 	return sprintf("%s ns, %s allocs", num(med(n, "ns/op"), 1), num(med(n, "allocs/op"), 0))
 }
 
+# echocell is the cell of BenchmarkEcho: allocations and time per echoed byte, or a
+# dash where the benchmark did not run.
+function echocell(n) {
+	if (med(n, "ns/op") == "")
+		return "—"
+	return sprintf("%s allocs, %s µs", num(med(n, "allocs/op"), 0), num(med(n, "ns/op") / 1000, 1))
+}
+
 function flood(n,    s) {
 	s = sprintf("%s KiB, %s SYN/s, +%s goroutines", num(med(n, "heap-KiB"), 0), num(med(n, "SYN/s"), 0), num(med(n, "goroutines"), 0))
 	if (med(n, "half-open") != "")
@@ -259,8 +267,8 @@ END {
 	row("2. netstack setup", "reference: host kernel, loopback", setup(G), setup(S "kernel"), pairedcell(S "kernel"), "—", "—")
 	row("2. netstack setup", "noise of the method: gVisor listener vs another", "", "", pairedcell(G), "—", "—")
 	E = "BenchmarkEcho/impl="
-	ok = med(E "backlog", "allocs/op") != "" && med(E "backlog", "allocs/op") <= med(E "gvisor", "allocs/op")
-	row("2. netstack data path", "one byte echoed, allocations (whole process) vs gVisor listener on an ungated host", num(med(E "gvisor", "allocs/op"), 0) " allocs, " num(med(E "gvisor", "ns/op") / 1000, 1) " µs", num(med(E "backlog", "allocs/op"), 0) " allocs, " num(med(E "backlog", "ns/op") / 1000, 1) " µs", ratiocell(E "backlog", E "gvisor", "ns/op"), "adds 0 allocs", met(ok))
+	ok = med(E "backlog", "allocs/op") != "" && med(E "gvisor", "allocs/op") != "" && med(E "backlog", "allocs/op") <= med(E "gvisor", "allocs/op")
+	row("2. netstack data path", "one byte echoed, allocations (whole process) vs gVisor listener on an ungated host", echocell(E "gvisor"), echocell(E "backlog"), ratiocell(E "backlog", E "gvisor", "ns/op"), "adds 0 allocs", met(ok))
 
 	Q = "BenchmarkQueue/op="
 	P = "BenchmarkQueueParallel/op="
@@ -287,7 +295,7 @@ END {
 	for (i = 1; i <= n; i++) {
 		c = M st[i] "/impl=backlog"
 		b = M st[i] "/impl=gvisor"
-		ok = med(c, "B/conn") != "" && med(c, "B/conn") <= med(b, "B/conn")
+		ok = med(c, "B/conn") != "" && med(b, "B/conn") != "" && med(c, "B/conn") <= med(b, "B/conn")
 		row("4. memory", "bytes per " (st[i] == "waiting" ? "waiting connection" : "half-open handshake") " (baseline: gVisor listener)", num(med(b, "B/conn"), 0) " B", num(med(c, "B/conn"), 0) " B", mratiocell(c, b, "B/conn"), "≤ 1.0", met(ok))
 	}
 	F = "BenchmarkFlood/"
