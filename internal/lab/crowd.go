@@ -20,6 +20,9 @@ type crowd struct {
 	n       int
 	arrival time.Duration
 	timeout time.Duration
+	// dropped, where the server counts the SYNs it drops without an
+	// answer, reads that count; nil where it cannot (see settle).
+	dropped func() uint64
 
 	wg       sync.WaitGroup
 	mu       sync.Mutex
@@ -36,33 +39,90 @@ func newCrowd(n int, arrival, timeout time.Duration, dial func(context.Context) 
 	return c
 }
 
-// start launches the clients; they stop when ctx ends. A client that
-// ctx stops before its connect has an answer is unfinished, not timed
-// out: it was not given its time.
+// start launches the clients, arrival apart; they stop when ctx ends. A
+// client that ctx stops before its connect has an answer is unfinished,
+// not timed out: it was not given its time.
 func (c *crowd) start(ctx context.Context) {
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.launch(ctx) }()
+}
+
+// launch starts one client after another, each arrival after the one
+// before by the clock and, where the crowd can see the server's drops,
+// not before the server has dealt with the one before (settle).
+func (c *crowd) launch(ctx context.Context) {
+	t0 := time.Now()
+	var prev <-chan struct{}
+	var dropped uint64
 	for i := 0; i < c.n; i++ {
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			if !sleep(ctx, time.Duration(i)*c.arrival) {
+		if !sleep(ctx, time.Until(t0.Add(time.Duration(i)*c.arrival))) || !c.settle(ctx, prev, dropped) {
+			for ; i < c.n; i++ {
 				c.record(0, errUnfinished)
-				return
 			}
-			c.client(ctx)
-		}()
+			return
+		}
+		if c.dropped != nil {
+			dropped = c.dropped()
+		}
+		done := make(chan struct{})
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); c.client(ctx, done) }()
+		prev = done
 	}
 }
+
+// settle waits until the client before (done closes when its connect has
+// returned) has been dealt with by the server: answered, so that its
+// final ACK is on the wire ahead of the next SYN, or dropped, which the
+// server's count of drops shows as it moves past dropped. Spaced by the
+// clock alone, a machine too busy to run a client in time lets its
+// handshake overlap the next one's, and one more client than the rule
+// allows can finish a handshake (the listener drops its final ACK). A
+// burst (arrival 0) is not settled: overlap is what it is for. The wait
+// ends at the latest when the client's connect times out. An earlier
+// client's retried SYN dropped meanwhile ends it early, which leaves the
+// clock alone in charge, as without settling.
+func (c *crowd) settle(ctx context.Context, done <-chan struct{}, dropped uint64) bool {
+	if done == nil || c.dropped == nil || c.arrival == 0 {
+		return ctx.Err() == nil
+	}
+	poll := time.NewTicker(settlePoll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-done:
+			return true
+		case <-ctx.Done():
+			return false
+		default:
+		}
+		if c.dropped() != dropped {
+			return true
+		}
+		select {
+		case <-done:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-poll.C:
+		}
+	}
+}
+
+// settlePoll is how often settle looks at the server's count of drops.
+const settlePoll = 100 * time.Microsecond
 
 // errUnfinished marks a connect that was stopped, or never started,
 // because the run ended first.
 var errUnfinished = errors.New("unfinished")
 
-func (c *crowd) client(ctx context.Context) {
+func (c *crowd) client(ctx context.Context, done chan<- struct{}) {
 	dctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	t0 := time.Now()
 	conn, err := c.dial(dctx)
 	took := time.Since(t0)
+	close(done)
 	if err != nil && ctx.Err() != nil && !errors.Is(dctx.Err(), context.DeadlineExceeded) {
 		// Stopped from outside before the client's own deadline.
 		err = errUnfinished

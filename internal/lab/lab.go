@@ -38,7 +38,10 @@ type Config struct {
 	Clients int
 	// Arrival is the time between one client's start and the next's. Zero
 	// starts them all at once: a burst, which on Linux brings SYN cookies
-	// into play once the SYN queue is full.
+	// into play once the SYN queue is full. Where the listener counts the
+	// SYNs it drops, a client also waits until the server has answered or
+	// dropped the one before, so that a busy machine runs the same
+	// experiment as an idle one.
 	Arrival time.Duration
 	// Accept is how the application accepts.
 	Accept AcceptPolicy
@@ -264,6 +267,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Clients = 3 * st.Capacity
 	}
 	r := &run{cfg: cfg, l: srv.Listener, start: time.Now(), crowd: newCrowd(cfg.Clients, cfg.Arrival, cfg.Timeout, srv.Dial)}
+	if st.Observed(backlog.StatIgnored) {
+		r.crowd.dropped = func() uint64 { return srv.Listener.Stats().Ignored }
+	}
 	res := r.execute(ctx)
 	res.Emulated = srv.Emulated
 	if kl, ok := srv.Listener.(*kernel.Listener); ok && srv.Emulated {
