@@ -68,6 +68,13 @@ func (e *pending) state() pendingState {
 	return e.st
 }
 
+// isAnswered reports whether e's SYN has had its answer. A delivered
+// connection has, and has no handshake left to say so: it may still wait
+// in its listener's answers behind a SYN the stack has not answered yet
+// (one gVisor dropped, say, which the client's retransmission brings
+// back).
+func (e *pending) isAnswered() bool { return e.handshake == nil || e.answered }
+
 // cookie reports whether e was born of a SYN cookie.
 func (e *pending) cookie() bool { return e.handshake != nil && e.cookieBorn }
 
@@ -168,14 +175,14 @@ func (g *gate) answerLocked(l *Listener, b []byte, fx *effects) {
 // answeredLocked notes that e's SYN has had its answer, its SYN-ACK having
 // left or e having died, and sends the replies that waited for it.
 func (g *gate) answeredLocked(e *pending, fx *effects) {
-	if e.answered {
+	if e.isAnswered() {
 		return
 	}
 	e.answered = true
 	q := &e.l.answers
 	for {
 		a, ok := q.Peek()
-		if !ok || (a.e != nil && !a.e.answered) {
+		if !ok || (a.e != nil && !a.e.isAnswered()) {
 			return
 		}
 		q.Pop()

@@ -3,6 +3,7 @@ package netstack
 import (
 	"context"
 	"net"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"sync"
@@ -144,6 +145,7 @@ const (
 func benchSetup(b *testing.B, cand, base dialFunc) {
 	var candTime, baseTime, candCPU, baseCPU time.Duration
 	var times, baseTimes []time.Duration
+	var candHeap, baseHeap heapUse
 	b.ResetTimer()
 	for done, turn := 0, 0; done < b.N; turn++ {
 		n := min(setupChunk, b.N-done)
@@ -151,13 +153,15 @@ func benchSetup(b *testing.B, cand, base dialFunc) {
 		// the other.
 		for i := range 2 {
 			if (i+turn)%2 == 0 {
-				d, cpu, ts := setupTurn(b, base, n)
+				d, cpu, ts, h := setupTurn(b, base, n)
 				baseTime, baseCPU = baseTime+d, baseCPU+cpu
 				baseTimes = append(baseTimes, ts...)
+				baseHeap = baseHeap.add(h)
 			} else {
-				d, cpu, ts := setupTurn(b, cand, n)
+				d, cpu, ts, h := setupTurn(b, cand, n)
 				candTime, candCPU = candTime+d, candCPU+cpu
 				times = append(times, ts...)
+				candHeap = candHeap.add(h)
 			}
 		}
 		done += n
@@ -172,6 +176,11 @@ func benchSetup(b *testing.B, cand, base dialFunc) {
 	if baseCPU > 0 {
 		b.ReportMetric(candCPU.Seconds()/baseCPU.Seconds(), "cpu-ratio")
 	}
+	b.ReportMetric(float64(candHeap.objects)/float64(b.N), "allocs/conn")
+	b.ReportMetric(float64(candHeap.bytes)/float64(b.N), "B/conn")
+	if baseHeap.bytes > 0 {
+		b.ReportMetric(float64(candHeap.bytes)/float64(baseHeap.bytes), "B-ratio")
+	}
 	if len(times) > 0 {
 		b.ReportMetric(float64(percentile(times, 50).Nanoseconds())/1e3, "p50-us")
 		b.ReportMetric(float64(percentile(times, 99).Nanoseconds())/1e3, "p99-us")
@@ -179,14 +188,28 @@ func benchSetup(b *testing.B, cand, base dialFunc) {
 	}
 }
 
+// heapUse is what the process allocated over a span: objects and bytes.
+type heapUse struct{ objects, bytes uint64 }
+
+func (h heapUse) add(o heapUse) heapUse { return heapUse{h.objects + o.objects, h.bytes + o.bytes} }
+
+// heapNow reads the process's allocations so far, without stopping the
+// world as runtime.ReadMemStats does.
+func heapNow() heapUse {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:objects"}, {Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return heapUse{s[0].Value.Uint64(), s[1].Value.Uint64()}
+}
+
 // setupTurn makes n connections with dial from setupClients clients at
 // once, and returns how long they took, the CPU time the process spent
-// meanwhile and each connect() time.
-func setupTurn(b *testing.B, dial dialFunc, n int) (elapsed, cpu time.Duration, times []time.Duration) {
+// meanwhile, each connect() time and what the process allocated: both
+// ends of each connection, client and server, as the CPU time is.
+func setupTurn(b *testing.B, dial dialFunc, n int) (elapsed, cpu time.Duration, times []time.Duration, heap heapUse) {
 	var next atomic.Int64
 	per := make([][]time.Duration, setupClients)
 	var wg sync.WaitGroup
-	cpu0 := cpuTime()
+	cpu0, heap0 := cpuTime(), heapNow()
 	start := time.Now()
 	for i := range setupClients {
 		wg.Add(1)
@@ -210,7 +233,8 @@ func setupTurn(b *testing.B, dial dialFunc, n int) (elapsed, cpu time.Duration, 
 		}()
 	}
 	wg.Wait()
-	return time.Since(start), cpuTime() - cpu0, slices.Concat(per...)
+	h := heapNow()
+	return time.Since(start), cpuTime() - cpu0, slices.Concat(per...), heapUse{h.objects - heap0.objects, h.bytes - heap0.bytes}
 }
 
 // abortConn closes c with a reset.
