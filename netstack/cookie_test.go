@@ -2,13 +2,17 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/backlog-dev/backlog"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -205,5 +209,43 @@ func TestCookieConnectionsLetGo(t *testing.T) {
 		if p.e != nil || p.held != nil {
 			t.Errorf("%v: the translation still holds its connection (%v) or %d segments", id, p.e != nil, len(p.held))
 		}
+	}
+}
+
+// TestCookieResetBehindACK: a client that resets a cookie-born connection
+// just as gVisor has answered the rebuilt handshake, before the gate has
+// handed gVisor the client's ACK, gets its reset delivered behind the ACK:
+// the connection completes in gVisor, is handed over and accepted, and
+// reads as reset. Ahead of the ACK, the reset ended gVisor's half-open
+// endpoint, nothing was ever handed over, and Accept waited for good.
+func TestCookieResetBehindACK(t *testing.T) {
+	n, srv, _ := pair(t, nil)
+	l := listen(t, srv, "linux:syncookies=2", 5)
+	p := newRawPeer(t, n, serverAddr, "198.18.99.1", 46400, time.Time{})
+	var once sync.Once
+	var rst []byte
+	srv.gate.beforeReplay = func() {
+		once.Do(func() {
+			// The client's reset arrives now, through the gate.
+			pkt := newPacket(rst)
+			srv.gate.DeliverNetworkPacket(ipv4.ProtocolNumber, pkt)
+			pkt.DecRef()
+		})
+	}
+	p.syn()
+	sa := p.await(t, 1)[0]
+	if sa.flags != header.TCPFlagSyn|header.TCPFlagAck {
+		t.Fatalf("answer to the SYN: %+v; want a cookie SYN-ACK", sa)
+	}
+	rst = p.segment(header.TCPFlagRst, p.isn+1, 0).build()
+	p.ackSYNACK(sa.seq)
+	c := acceptWithin(t, l)
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("reading the accepted connection: %v; want ECONNRESET", err)
+	}
+	if st := l.Stats(); st.SyncookiesRecv != 1 || st.Accepted != 1 {
+		t.Errorf("stats: %d cookie ACKs, %d accepted; want 1 and 1", st.SyncookiesRecv, st.Accepted)
 	}
 }

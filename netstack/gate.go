@@ -55,6 +55,9 @@ type gate struct {
 	child   stack.LinkEndpoint
 	mss     uint16
 	cookies *cookieJar
+	// beforeReplay, set by tests before any traffic, runs as a rebuilt
+	// cookie handshake starts handing gVisor what its client sent.
+	beforeReplay func()
 
 	// listeners maps a local port to its listeners; the packet path reads
 	// it without a lock, and adding or removing a listener, under mu,

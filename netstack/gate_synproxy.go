@@ -25,9 +25,13 @@ type proxy struct {
 	id stack.TransportEndpointID
 
 	// open is set once, under gate.mu, when gVisor has answered the
-	// synthetic SYN. The translation below is fixed from then on and read
-	// without a lock.
+	// synthetic SYN and been handed what the client sent meanwhile. The
+	// translation below is fixed from then on and read without a lock.
 	open atomic.Bool
+	// opening is set, under gate.mu, from gVisor's answer until open:
+	// the translation is fixed, and what the client sent is being handed
+	// over (replay).
+	opening bool
 	// delta is the client's numbering of the server's bytes minus
 	// gVisor's; tsDelta the same for the server's timestamps (0 without
 	// them).
@@ -162,9 +166,11 @@ func (g *gate) translateIn(p *proxy, s *seg, b []byte) bool {
 		var fx effects
 		g.mu.Lock()
 		if !p.open.Load() {
-			if s.flags.Contains(header.TCPFlagRst) {
+			if s.flags.Contains(header.TCPFlagRst) && !p.opening {
 				g.abortRebuildLocked(p, &fx)
 			} else {
+				// Held, a reset too once gVisor has answered: it goes
+				// to gVisor behind the client's ACK (replay).
 				p.holdLocked(b)
 			}
 			g.mu.Unlock()
@@ -217,15 +223,13 @@ func (g *gate) translateOut(p *proxy, s *seg) bool {
 	if !p.open.Load() {
 		g.mu.Lock()
 		if !p.open.Load() {
-			if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn|header.TCPFlagAck {
+			if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn|header.TCPFlagAck || p.opening {
 				g.mu.Unlock()
 				return false
 			}
 			replay := g.openLocked(p, s)
 			g.mu.Unlock()
-			for _, r := range replay {
-				g.injectBytes(r.proto, r.b)
-			}
+			g.replay(p, replay)
 			return false
 		}
 		g.mu.Unlock()
@@ -239,9 +243,9 @@ func (g *gate) translateOut(p *proxy, s *seg) bool {
 
 // openLocked fixes the translation from gVisor's SYN-ACK of the rebuilt
 // handshake and returns what the client sent, its ACK first, in gVisor's
-// numbering, for the caller to hand gVisor once the lock is released.
-// Injecting from inside WritePackets is safe: the stack queues the
-// segments for its processor, behind the SYN-ACK's own handling.
+// numbering, for the caller to hand gVisor once the lock is released
+// (replay). Injecting from inside WritePackets is safe: the stack queues
+// the segments for its processor, behind the SYN-ACK's own handling.
 func (g *gate) openLocked(p *proxy, synack *seg) (replay []rawPacket) {
 	l := p.e.l
 	p.delta = p.cookie - synack.seq
@@ -251,9 +255,14 @@ func (g *gate) openLocked(p *proxy, synack *seg) (replay []rawPacket) {
 	if synack.syn.WS >= 0 {
 		p.rescale = synack.syn.WS - l.rcvScale
 	}
+	p.opening, p.e = true, nil
+	return p.takeHeldLocked()
+}
+
+// takeHeldLocked returns what the proxy held, in gVisor's numbering.
+func (p *proxy) takeHeldLocked() (replay []rawPacket) {
 	held := p.held
-	p.held, p.heldLen, p.e = nil, 0, nil
-	p.open.Store(true)
+	p.held, p.heldLen = nil, 0
 	for _, b := range held {
 		if s, ok := parse(b, true); ok {
 			p.toServer(&s)
@@ -261,6 +270,33 @@ func (g *gate) openLocked(p *proxy, synack *seg) (replay []rawPacket) {
 		}
 	}
 	return replay
+}
+
+// replay hands gVisor what the client sent while its handshake was
+// rebuilt, in order, and opens the translation only once nothing is left.
+// What arrives meanwhile is held behind the rest: a client's reset that
+// overtook its ACK would end gVisor's half-open endpoint, and the
+// connection the queue holds would never be handed over, an Accept waiting
+// for it for good (a stress of short-lived clients under SYN cookies did
+// that, with -race).
+func (g *gate) replay(p *proxy, replay []rawPacket) {
+	if g.beforeReplay != nil {
+		g.beforeReplay()
+	}
+	for {
+		for _, r := range replay {
+			g.injectBytes(r.proto, r.b)
+		}
+		g.mu.Lock()
+		if len(p.held) == 0 {
+			p.opening = false
+			p.open.Store(true)
+			g.mu.Unlock()
+			return
+		}
+		replay = p.takeHeldLocked()
+		g.mu.Unlock()
+	}
 }
 
 // rawPacket is a packet's bytes and its network protocol.
