@@ -222,8 +222,9 @@ func (p *proxy) toClient(s *seg) {
 func (g *gate) translateOut(p *proxy, s *seg) bool {
 	if !p.open.Load() {
 		g.mu.Lock()
-		if !p.open.Load() {
-			if s.flags&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn|header.TCPFlagAck || p.opening {
+		synack := s.flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck
+		if !p.open.Load() && !p.opening {
+			if !synack {
 				g.mu.Unlock()
 				return false
 			}
@@ -232,7 +233,13 @@ func (g *gate) translateOut(p *proxy, s *seg) bool {
 			g.replay(p, replay)
 			return false
 		}
+		opening := p.opening
 		g.mu.Unlock()
+		if opening && synack {
+			return false // gVisor's SYN-ACK again: the client's ACK is on its way
+		}
+		// Otherwise gVisor answers what it was handed: the translation is
+		// fixed, and the client must not wait for a retransmission.
 	}
 	p.toClient(s)
 	if s.flags.Contains(header.TCPFlagRst) {
