@@ -31,6 +31,8 @@ type crowd struct {
 	times    []time.Duration
 	errs     map[string]int
 	conns    []net.Conn
+	// finishing is set once finish has taken the connections to close.
+	finishing bool
 }
 
 func newCrowd(n int, arrival, timeout time.Duration, dial func(context.Context) (net.Conn, error)) *crowd {
@@ -132,6 +134,14 @@ func (c *crowd) client(ctx context.Context, done chan<- struct{}) {
 		return
 	}
 	c.mu.Lock()
+	if c.finishing {
+		// Connected just as the run ended, after finish had closed the
+		// others: a read would wait for a server that closes only once
+		// finish has returned.
+		c.mu.Unlock()
+		conn.Close()
+		return
+	}
 	c.conns = append(c.conns, conn)
 	c.mu.Unlock()
 	// The client waits; a reset shows as an error on read.
@@ -192,6 +202,7 @@ func (c *crowd) snapshot() Counts {
 // caller cancels their context first.
 func (c *crowd) finish() {
 	c.mu.Lock()
+	c.finishing = true
 	conns := slices.Clone(c.conns)
 	c.mu.Unlock()
 	for _, conn := range conns {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"io"
 	"net"
 	"sync/atomic"
 	"syscall"
@@ -82,5 +83,49 @@ func TestCrowdBurstNotSettled(t *testing.T) {
 	c.finish()
 	if got, _, _ := c.outcome(); got.Unfinished != n {
 		t.Errorf("outcome %+v; want %d unfinished", got, n)
+	}
+}
+
+// TestCrowdFinishWhileConnecting: a client whose connect completes as the
+// run ends, after finish has taken the connections to close, closes its
+// own rather than wait on it; finish returns. (It waited on a read that
+// only the server's close would end, which came after finish: an
+// interrupted lab hung, now and then, under CI's load.)
+func TestCrowdFinishWhileConnecting(t *testing.T) {
+	dialing, release := make(chan struct{}), make(chan struct{})
+	server := make(chan net.Conn, 1)
+	c := newCrowd(1, time.Millisecond, time.Minute, func(ctx context.Context) (net.Conn, error) {
+		close(dialing)
+		<-release
+		a, b := net.Pipe()
+		server <- b
+		return a, nil // connected just as the run ended
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	c.start(ctx)
+	<-dialing
+	cancel()
+	finished := make(chan struct{})
+	go func() { c.finish(); close(finished) }()
+	for {
+		c.mu.Lock()
+		f := c.finishing
+		c.mu.Unlock()
+		if f {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	srv := <-server
+	defer srv.Close() // what ends the client's read if it waits after all
+	select {
+	case <-finished:
+	case <-time.After(10 * time.Second):
+		t.Fatal("finish waits for a client that connected as the run ended")
+	}
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := srv.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the server's end reads %v; want EOF, the client having closed", err)
 	}
 }
