@@ -249,3 +249,43 @@ func TestCookieResetBehindACK(t *testing.T) {
 		t.Errorf("stats: %d cookie ACKs, %d accepted; want 1 and 1", st.SyncookiesRecv, st.Accepted)
 	}
 }
+
+// TestLostHandshakeNotAwaited: a connection that completed at the gate but
+// whose endpoint gVisor then lost (here a reset handed to gVisor alone,
+// ahead of the final ACK) is never handed over; Accept passes it by once
+// the gate has looked for it in gVisor, instead of waiting for it for
+// good, and a connection behind it is accepted.
+func TestLostHandshakeNotAwaited(t *testing.T) {
+	n, srv, _ := pair(t, nil)
+	l := listen(t, srv, "linux", 5)
+	lost := newRawPeer(t, n, serverAddr, "198.18.99.1", 46500, time.Time{})
+	lost.syn()
+	sa := lost.await(t, 1)[0]
+	srv.gate.injectBytes(ipv4.ProtocolNumber, lost.segment(header.TCPFlagRst, lost.isn+1, 0).build())
+	lost.ackSYNACK(sa.seq)
+	waitFor(t, "the gate to queue the lost connection", func() bool { return l.Stats().Queued == 1 })
+
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	next := newRawPeer(t, n, serverAddr, "198.18.99.2", 46501, time.Time{})
+	next.syn()
+	next.ackSYNACK(next.await(t, 1)[0].seq)
+	select {
+	case err := <-accepted:
+		if err != nil {
+			t.Errorf("Accept: %v; want the second connection", err)
+		}
+	case <-time.After(10 * time.Second):
+		l.Close()
+		t.Fatal("Accept still waits for the connection gVisor lost")
+	}
+	if st := l.Stats(); st.Queued != 2 || st.Len != 0 {
+		t.Errorf("stats: %d queued, %d waiting; want 2 and 0", st.Queued, st.Len)
+	}
+}

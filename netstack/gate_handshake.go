@@ -236,7 +236,7 @@ func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool
 	switch l.q.Established(e) {
 	case backlog.Queued:
 		e.st = stateCompleting
-		g.unscheduleLocked(e) // the schedule is over
+		g.armHandoverLocked(e) // the SYN-ACK schedule is over
 		e.synack = nil
 		return true
 	case backlog.HalfOpen:

@@ -2,6 +2,8 @@ package netstack
 
 // The SYN-ACK schedule: the gate, not gVisor, sends a half-open connection's
 // SYN-ACK again, on the personality's timetable, and gives up when it says.
+// A completed connection stays on it until gVisor hands it over, to be
+// looked for in gVisor now and then (handoverCheck).
 //
 // One timer serves every handshake of a gate: the half-open connections
 // wait in a heap ordered by when each next needs the gate, and the clock's
@@ -9,7 +11,10 @@ package netstack
 // not a timer and a closure of its own.
 
 import (
+	"time"
+
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // schedule is a gate's heap of timed handshakes. Guarded by gate.mu.
@@ -36,6 +41,35 @@ func (g *gate) armLocked(e *pending) {
 		g.sched.fix(e.slot - 1)
 	}
 	g.rearmLocked()
+}
+
+// handoverCheck is how long a completed connection may wait for gVisor to
+// hand it over before the gate looks for it in gVisor, and then again as
+// long as it waits. gVisor hands a connection over within milliseconds of
+// its final ACK; one whose endpoint gVisor no longer has, which it will
+// never hand over, dies there, and Accept passes it by instead of waiting
+// for it for good. (A client's reset that overtook its ACK into gVisor did
+// that; the gate keeps them in order now, and this is what remains if
+// anything else ever makes gVisor lose one.)
+const handoverCheck = 250 * time.Millisecond
+
+// armHandoverLocked schedules e, completed, for a look in gVisor.
+func (g *gate) armHandoverLocked(e *pending) {
+	e.due = g.stack.Clock().NowMonotonic().Add(handoverCheck)
+	if e.slot == 0 {
+		g.sched.push(e)
+	} else {
+		g.sched.fix(e.slot - 1)
+	}
+	g.rearmLocked()
+}
+
+// inStackLocked reports whether gVisor has an endpoint for e's 4-tuple
+// other than the listener: the handshake endpoint it will hand over, or
+// the connection it has handed over already.
+func (g *gate) inStackLocked(e *pending) bool {
+	ep, ok := g.stack.FindTransportEndpoint(e.proto, tcp.ProtocolNumber, e.id, nicID).(*tcp.Endpoint)
+	return ok && ep.EndpointState() != tcp.StateListen
 }
 
 // unscheduleLocked takes e off the schedule, if it is on it.
@@ -87,8 +121,21 @@ func (g *gate) fire() {
 	g.rearmLocked()
 }
 
-// tickLocked is e's turn: a retransmission or the end.
+// tickLocked is e's turn: a retransmission or the end, or for a completed
+// connection a look in gVisor.
 func (g *gate) tickLocked(e *pending, now tcpip.MonotonicTime, fx *effects) {
+	if e.state() == stateCompleting {
+		if g.inStackLocked(e) {
+			g.armHandoverLocked(e)
+			return
+		}
+		g.unholdLocked(e)
+		if p := g.proxied[e.id]; p != nil && e.cookieBorn {
+			g.retireLocked(p)
+		}
+		g.endLocked(e)
+		return
+	}
 	if e.state() != stateHalfOpen || g.conns.get(e.key, e.id) != e {
 		return
 	}

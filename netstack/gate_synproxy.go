@@ -128,6 +128,7 @@ func (g *gate) cookieACK(l *Listener, s *seg, b []byte, fx *effects) bool {
 	case backlog.Queued:
 		e.st, e.cookieBorn = stateCompleting, true
 		g.holdLocked(e)
+		g.armHandoverLocked(e)
 		p := &proxy{id: s.id, e: e, cookie: s.ack - 1, cookieTS: tsecr}
 		p.holdLocked(b)
 		g.proxied[s.id] = p
