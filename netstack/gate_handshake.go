@@ -96,8 +96,13 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 	}
 	if e := g.conns.get(keyOf(s.id), s.id); e != nil {
 		if e.state() == stateHalfOpen && s.seq == e.isn {
-			// The client sent its SYN again: the stack answers it with
-			// its SYN-ACK once more, as Linux does (tcp_check_req).
+			// The client sent its SYN again. Linux (tcp_check_req)
+			// and FreeBSD (syncache_add) answer it with their SYN-ACK
+			// once more; gVisor's handshake endpoint, which gets it,
+			// answers with a bare ACK, as RFC 793 does a segment before
+			// the window, and the client waits for the schedule's next
+			// SYN-ACK. (Not yet a rule of the personalities.) Should
+			// the stack answer with a SYN-ACK, it may pass.
 			e.allowRetx++
 		}
 		return true
