@@ -67,10 +67,20 @@ func (g *gate) armHandoverLocked(e *pending) {
 // inStackLocked reports whether gVisor has an endpoint for e's 4-tuple
 // other than the listener: the handshake endpoint it will hand over, or
 // the connection it has handed over already.
-func (g *gate) inStackLocked(e *pending) bool {
+// A cookie-born connection whose rebuilt handshake gVisor has not answered
+// yet has no endpoint there until gVisor's processor takes the synthetic
+// SYN: it counts as there for rebuildGrace.
+func (g *gate) inStackLocked(e *pending, now tcpip.MonotonicTime) bool {
+	if p := g.proxied[e.id]; e.cookieBorn && p != nil && !p.open.Load() && !p.opening && now.Sub(e.start) < rebuildGrace {
+		return true
+	}
 	ep, ok := g.stack.FindTransportEndpoint(e.proto, tcp.ProtocolNumber, e.id, nicID).(*tcp.Endpoint)
 	return ok && ep.EndpointState() != tcp.StateListen
 }
+
+// rebuildGrace is how long gVisor may take to answer a rebuilt handshake's
+// synthetic SYN before a cookie-born connection counts as lost.
+const rebuildGrace = 2 * time.Second
 
 // unscheduleLocked takes e off the schedule, if it is on it.
 func (g *gate) unscheduleLocked(e *pending) {
@@ -125,7 +135,7 @@ func (g *gate) fire() {
 // connection a look in gVisor.
 func (g *gate) tickLocked(e *pending, now tcpip.MonotonicTime, fx *effects) {
 	if e.state() == stateCompleting {
-		if g.inStackLocked(e) {
+		if g.inStackLocked(e, now) {
 			g.armHandoverLocked(e)
 			return
 		}
