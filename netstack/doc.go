@@ -27,4 +27,15 @@
 // valid cookie is rebuilt inside gVisor and its sequence numbers translated,
 // as Linux's SYNPROXY target does. The accept side (deadlines, Close, listen()
 // again, the KB 295079 quantum) is the one package kernel's emulation uses.
+//
+// # What is not exact
+//
+// A client that sends its SYN again while its handshake is half-open (its
+// SYN-ACK was lost) gets gVisor's answer, a bare ACK, as RFC 793 answers a
+// segment before the window, and waits for the personality's next SYN-ACK;
+// Linux (net/ipv4/tcp_minisocks.c, tcp_check_req) and FreeBSD
+// (tcp_syncache.c, syncache_add) send their SYN-ACK again at once. A
+// connection the client resets while the gate rebuilds it from a SYN
+// cookie is counted as accepted when Accept passes it by, where Linux's
+// accept() would return it, reset.
 package netstack
