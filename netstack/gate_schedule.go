@@ -66,10 +66,10 @@ func (g *gate) armHandoverLocked(e *pending) {
 
 // inStackLocked reports whether gVisor has an endpoint for e's 4-tuple
 // other than the listener: the handshake endpoint it will hand over, or
-// the connection it has handed over already.
-// A cookie-born connection whose rebuilt handshake gVisor has not answered
-// yet has no endpoint there until gVisor's processor takes the synthetic
-// SYN: it counts as there for rebuildGrace.
+// the connection it has handed over already. A cookie-born connection
+// whose rebuilt handshake gVisor has not answered yet has no endpoint there
+// until gVisor's processor takes the synthetic SYN: it counts as there for
+// rebuildGrace.
 func (g *gate) inStackLocked(e *pending, now tcpip.MonotonicTime) bool {
 	if p := g.proxied[e.id]; e.cookieBorn && p != nil && !p.open.Load() && !p.opening && now.Sub(e.start) < rebuildGrace {
 		return true
