@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"testing"
+	"unsafe"
 
 	"github.com/backlog-dev/backlog/internal/ring"
 )
@@ -36,5 +37,17 @@ func TestAnswersPastDelivered(t *testing.T) {
 	}
 	if !second.isAnswered() {
 		t.Error("a delivered connection reads as unanswered")
+	}
+}
+
+// TestHandshakeSize: what the gate keeps per connection stays within the
+// size classes BENCHMARKS.md counts: 144 bytes of handshake for a
+// half-open connection, 32 bytes for one that waits for accept().
+func TestHandshakeSize(t *testing.T) {
+	if n := unsafe.Sizeof(handshake{}); n > 144 {
+		t.Errorf("a handshake takes %d bytes; want at most 144", n)
+	}
+	if n := unsafe.Sizeof(pending{}); n > 32 {
+		t.Errorf("a pending connection takes %d bytes; want at most 32", n)
 	}
 }

@@ -54,8 +54,8 @@ type handshake struct {
 	answered  bool
 	synack    []byte // the first SYN-ACK, sent again on schedule
 	serverISN uint32
-	retx      int                 // SYN-ACK retransmissions sent
-	allowRetx int                 // SYN-ACKs the stack may send in answer to repeated SYNs
+	retx      int32               // SYN-ACK retransmissions sent
+	allowRetx int32               // SYN-ACKs the stack may send in answer to repeated SYNs
 	due       tcpip.MonotonicTime // when the schedule next needs it
 	slot      int                 // its place in gate.sched, plus one; 0 if none
 }

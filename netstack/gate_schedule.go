@@ -31,7 +31,7 @@ type schedule struct {
 func (g *gate) armLocked(e *pending) {
 	sched := e.l.p.SYNACK
 	next := sched.GiveUp
-	if e.synack != nil && e.retx < len(sched.At) {
+	if e.synack != nil && int(e.retx) < len(sched.At) {
 		next = sched.At[e.retx]
 	}
 	e.due = e.start.Add(next)
@@ -157,7 +157,7 @@ func (g *gate) tickLocked(e *pending, now tcpip.MonotonicTime, fx *effects) {
 		}
 		return
 	}
-	if e.synack != nil && e.retx < len(sched.At) && elapsed >= sched.At[e.retx] {
+	if e.synack != nil && int(e.retx) < len(sched.At) && elapsed >= sched.At[e.retx] {
 		e.retx++
 		fx.send(e.synack)
 	}
