@@ -21,17 +21,7 @@ func TestChurn(t *testing.T) {
 		t.Run(personality, func(t *testing.T) {
 			_, srv, cli := pair(t, nil)
 			l := listen(t, srv, personality, 4)
-			accepted := make(chan struct{})
-			go func() {
-				defer close(accepted)
-				for {
-					c, err := l.Accept()
-					if err != nil {
-						return
-					}
-					c.Close()
-				}
-			}()
+			accepted := closeAll(l)
 			const clients, each = 16, 20
 			var wg sync.WaitGroup
 			for i := range clients {

@@ -459,11 +459,12 @@ func (g *gate) outbound(pkt *stack.PacketBuffer, after *effects) bool {
 	defer g.apply(&fx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	e := g.conns.get(keyOf(s.id), s.id)
+	key := keyOf(s.id)
+	e := g.conns.get(key, s.id)
 	if e == nil {
 		if p, ok := g.passed[s.id]; ok && s.ack == p.isn+1 {
 			delete(g.passed, s.id)
-			e, _ = g.admitLocked(l, s.proto, s.id, p.isn, p.syn, p.at, &fx)
+			e, _ = g.admitLocked(l, s.proto, s.id, key, p.isn, p.syn, p.at, &fx)
 		}
 	}
 	if e == nil || e.state() == stateDead {

@@ -94,7 +94,8 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 	if g.closed {
 		return true
 	}
-	if e := g.conns.get(keyOf(s.id), s.id); e != nil {
+	key := keyOf(s.id)
+	if e := g.conns.get(key, s.id); e != nil {
 		if e.state() == stateHalfOpen && s.seq == e.isn {
 			// The client sent its SYN again. Linux (tcp_check_req)
 			// and FreeBSD (syncache_add) answer it with their SYN-ACK
@@ -108,7 +109,7 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 		return true
 	}
 	if g.live(s) {
-		if g.holdSYNLocked(s, b) {
+		if g.holdSYNLocked(s, key, b) {
 			return false
 		}
 		// A SYN to a live connection never reaches the listener; one to a
@@ -118,7 +119,7 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 		g.rememberPassedLocked(s)
 		return true
 	}
-	_, o := g.admitLocked(l, s.proto, s.id, s.seq, s.syn, g.stack.Clock().NowMonotonic(), fx)
+	_, o := g.admitLocked(l, s.proto, s.id, key, s.seq, s.syn, g.stack.Clock().NowMonotonic(), fx)
 	return o == backlog.HalfOpen
 }
 
@@ -127,9 +128,9 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 // half-open connection is recorded and timed (the stack answers it), a
 // cookie or a refusal is written to the client, an evicted handshake is
 // ended. It returns the outcome, and the pending connection when admitted.
-func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, isn uint32, syn header.TCPSynOptions, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
+func (g *gate) admitLocked(l *Listener, proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID, key, isn uint32, syn header.TCPSynOptions, start tcpip.MonotonicTime, fx *effects) (*pending, backlog.Outcome) {
 	e := &pending{
-		handshake: &handshake{l: l, id: id, proto: proto, isn: isn, st: stateHalfOpen},
+		handshake: &handshake{l: l, id: id, key: key, proto: proto, isn: isn, st: stateHalfOpen},
 		start:     start,
 	}
 	o, victim, evicted := l.q.SYN(e)
@@ -301,9 +302,9 @@ const (
 )
 
 // holdSYNLocked holds a copy of a SYN that chases a reset, and reports
-// whether it did.
-func (g *gate) holdSYNLocked(s *seg, b []byte) bool {
-	if !g.resets.take(keyOf(s.id), g.stack.Clock().NowMonotonic()) {
+// whether it did; key is the SYN's tupleKey.
+func (g *gate) holdSYNLocked(s *seg, key uint32, b []byte) bool {
+	if !g.resets.take(key, g.stack.Clock().NowMonotonic()) {
 		return false
 	}
 	h := &heldSYN{proto: s.proto, s: *s, b: append([]byte(nil), b...), until: g.stack.Clock().NowMonotonic().Add(synRetryFor)}
@@ -388,11 +389,10 @@ func (g *gate) endLocked(e *pending) {
 	e.l.acc.Wake()
 }
 
-// holdLocked records e among the connections the gate holds, and
-// unholdLocked forgets it if it is still there; the listener counts them,
-// for the packet path's look at a port (quiet).
+// holdLocked records e, its key set, among the connections the gate
+// holds, and unholdLocked forgets it if it is still there; the listener
+// counts them, for the packet path's look at a port (quiet).
 func (g *gate) holdLocked(e *pending) {
-	e.key = keyOf(e.id)
 	if old := g.conns.get(e.key, e.id); old != nil {
 		g.unholdLocked(old)
 	}

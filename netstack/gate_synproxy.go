@@ -116,7 +116,7 @@ func (g *gate) cookieACK(l *Listener, s *seg, b []byte, fx *effects) bool {
 		syn.WS, syn.SACKPermitted = cookieOptions(tsecr)
 	}
 	e := &pending{
-		handshake: &handshake{l: l, id: s.id, proto: s.proto, isn: s.seq - 1},
+		handshake: &handshake{l: l, id: s.id, key: keyOf(s.id), proto: s.proto, isn: s.seq - 1},
 		start:     g.stack.Clock().NowMonotonic(),
 	}
 	g.mu.Lock()

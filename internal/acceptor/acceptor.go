@@ -54,13 +54,11 @@ type Config[T comparable] struct {
 type Acceptor[T comparable] struct {
 	cfg Config[T]
 	q   *backlog.Queue[T]
-	// deferred is set for a personality with the KB 295079 defect, whose
-	// accept() slots come back only when the accepting thread yields;
-	// yield is how long that thread runs before it is taken to be
-	// pre-empted.
-	deferred bool
-	yield    time.Duration
-	closed   chan struct{}
+	// yield, for a personality with the KB 295079 defect, whose accept()
+	// slots come back only when the accepting thread yields, is how long
+	// that thread runs before it is taken to be pre-empted; 0 otherwise.
+	yield  time.Duration
+	closed chan struct{}
 	// ready wakes Accept: the queue's Ready, or handed, which Wake
 	// signals, under Config.Handover.
 	ready  <-chan struct{}
@@ -81,7 +79,7 @@ func New[T comparable](cfg Config[T]) *Acceptor[T] {
 		a.ready = a.handed
 	}
 	if p := cfg.Queue.Personality(); p.DeferredSlotReturn {
-		a.deferred, a.yield = true, p.YieldAfter()
+		a.yield = p.YieldAfter()
 	}
 	return a
 }
@@ -125,7 +123,7 @@ func (a *Acceptor[T]) Accept() (net.Conn, error) {
 			a.armYield()
 			return c, nil
 		}
-		if a.deferred {
+		if a.yield != 0 {
 			a.q.Yield() // only the KB 295079 defect owes slots to a yield
 		}
 		select {
