@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"errors"
 	"net"
 	"os"
 	"sync"
@@ -80,13 +79,14 @@ var errnoByText = func() map[string]syscall.Errno {
 
 // mapErr rewrites the error inside a gonet *net.OpError as an errno, and a
 // gonet timeout as os.ErrDeadlineExceeded, as Go's own sockets report them.
+//
+// gonet returns its *net.OpError unwrapped, and io.EOF as it is, so a type
+// assertion finds it: errors.As would move its target to the heap on every
+// call, io.EOF at the end of each connection's reads included.
 func mapErr(err error) error {
-	if err == nil {
-		return nil // the common case, without errors.As's escaping target
-	}
-	var op *net.OpError
-	if !errors.As(err, &op) || op.Err == nil {
-		return err
+	op, ok := err.(*net.OpError)
+	if !ok || op.Err == nil {
+		return err // nil, io.EOF and the rest, as they are
 	}
 	if t, ok := op.Err.(interface{ Timeout() bool }); ok && t.Timeout() {
 		c := *op
