@@ -267,6 +267,11 @@ func FreeBSD(c FreeBSDConfig) Personality {
 		// syncache_timer: SYNCACHE_MAXREXMTS (3) retransmissions 1 s
 		// apart, doubling; the entry is dropped at the next expiry.
 		SYNACK: backoff(time.Second, doubling(3), 15*time.Second),
+		// syncache_add, on a SYN that finds its entry ("Received duplicate
+		// SYN, resetting timer and retransmitting SYN|ACK"): the SYN-ACK
+		// goes again, sc_rxmits is set to 0 and syncache_timeout arms the
+		// first step anew, so the whole schedule starts over.
+		OnRepeatSYN: RepeatSYN{Resend: true, Restart: RestartSchedule},
 	}
 }
 
@@ -397,6 +402,12 @@ func Linux(c LinuxConfig) Personality {
 		Relisten:  RelistenUpdate,
 		ClientSYN: linuxSchedule(c.SynRetries, c.SynLinearTimeouts),
 		SYNACK:    linuxSchedule(c.SynAckRetries, 0),
+		// tcp_check_req, on a SYN with the request's ISN: inet_rtx_syn_ack
+		// sends the SYN-ACK again and mod_timer_pending sets the request's
+		// timer reqsk_timeout from now, its current step; unless
+		// tcp_oow_rate_limited finds the last such answer less than
+		// net.ipv4.tcp_invalid_ratelimit (HZ/2) ago, when nothing is sent.
+		OnRepeatSYN: RepeatSYN{Resend: true, Restart: RestartTimer, RateLimit: 500 * time.Millisecond},
 	}
 	switch c.SynCookies {
 	case 0:

@@ -75,6 +75,10 @@ type Personality struct {
 	// SYNACK is when this system sends its SYN-ACK again while it waits for
 	// the final ACK, and when it forgets the half-open connection.
 	SYNACK Schedule
+	// OnRepeatSYN is what this system does with a client's SYN that comes
+	// again while its connection is half-open. The zero value leaves it to
+	// the transport's own TCP.
+	OnRepeatSYN RepeatSYN
 }
 
 // DefaultQuantum is a Windows 2000 Professional thread quantum: two clock
@@ -471,6 +475,71 @@ func (s Schedule) String() string {
 	b.WriteString(shortDuration(s.GiveUp))
 	return b.String()
 }
+
+// Step returns how long after retransmission i (0 for the first
+// transmission) the next one comes, or, after the last, the attempt is
+// abandoned.
+func (s Schedule) Step(i int) time.Duration {
+	var prev time.Duration
+	if i > 0 && i <= len(s.At) {
+		prev = s.At[i-1]
+	}
+	if i < len(s.At) {
+		return s.At[i] - prev
+	}
+	return s.GiveUp - prev
+}
+
+// RepeatSYN is what a server does with a SYN that comes again, with the same
+// initial sequence number, while the connection it opened is half-open: the
+// client's own retransmission, most often because the SYN-ACK was lost.
+type RepeatSYN struct {
+	// Resend is whether the SYN-ACK goes out again at once. Without it the
+	// transport's TCP does what it does: the kernel transport's, its own
+	// rule; netstack's (gVisor's) answers with at most a bare ACK, as RFC
+	// 793 answers a segment outside the window, and the client waits for
+	// the server's next SYN-ACK.
+	Resend bool
+	// Restart is what a resend does to the SYN-ACK schedule.
+	Restart Restart
+	// RateLimit, if not zero, is how long after a resend another repeated
+	// SYN gets no answer at all.
+	RateLimit time.Duration
+}
+
+// String describes the rule: "SYN-ACK again; timer restarted; once per
+// 500ms".
+func (r RepeatSYN) String() string {
+	if !r.Resend {
+		return "as the transport's TCP answers it"
+	}
+	s := "SYN-ACK again"
+	switch r.Restart {
+	case RestartTimer:
+		s += ", its timer restarted"
+	case RestartSchedule:
+		s += ", its schedule started over"
+	}
+	if r.RateLimit > 0 {
+		s += ", at most once per " + r.RateLimit.String()
+	}
+	return s
+}
+
+// Restart is what answering a repeated SYN does to the SYN-ACK schedule.
+type Restart uint8
+
+const (
+	// RestartNone leaves the schedule as it was.
+	RestartNone Restart = iota
+	// RestartTimer waits from now as long as the schedule's current step:
+	// the next retransmission comes one step after the resend, and the
+	// steps after it follow as before.
+	RestartTimer
+	// RestartSchedule starts the schedule over from now, every
+	// retransmission of it and its end included.
+	RestartSchedule
+)
 
 func shortDuration(d time.Duration) string {
 	if d%time.Second == 0 {

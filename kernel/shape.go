@@ -54,6 +54,9 @@ func ShapeDifferences(p backlog.Personality) []string {
 		synack += ", not this system's (" + p.SYNACK.String() + ")"
 	}
 	d = append(d, synack)
+	if host := backlog.MustLookup("linux").OnRepeatSYN; p.OnRepeatSYN.Resend && p.OnRepeatSYN != host {
+		d = append(d, "a client's repeated SYN is answered by the host kernel ("+host.String()+"), not as this system answers it ("+p.OnRepeatSYN.String()+")")
+	}
 	if !p.HalfOpen.Shared {
 		switch p.OnACKFull {
 		case backlog.ACKDrop:

@@ -30,11 +30,14 @@
 //
 // # What is not exact
 //
-// A client that sends its SYN again while its handshake is half-open (its
-// SYN-ACK was lost) gets gVisor's answer, a bare ACK, as RFC 793 answers a
-// segment before the window, and waits for the personality's next SYN-ACK;
-// Linux (net/ipv4/tcp_minisocks.c, tcp_check_req) and FreeBSD
-// (tcp_syncache.c, syncache_add) send their SYN-ACK again at once. A
+// A SYN-ACK the gate sends again, on the schedule or for a repeated SYN, is
+// the first one's bytes, its timestamps included: Linux and FreeBSD write a
+// fresh TSval, and FreeBSD echoes the repeated SYN's. A client that sends its
+// SYN again while its handshake is half-open is answered as
+// Personality.OnRepeatSYN says where the rule is known (Linux's
+// tcp_check_req, FreeBSD's syncache_add); elsewhere it gets gVisor's answer,
+// at most a bare ACK, and lwIP's, which sends its SYN-ACK again (tcp_rexmit
+// in tcp_process) and counts it towards its backoff, is not modelled. A
 // connection the client resets while the gate rebuilds it from a SYN
 // cookie is counted as accepted when Accept passes it by, where Linux's
 // accept() would return it, reset.

@@ -498,9 +498,5 @@ func (g *gate) outbound(pkt *stack.PacketBuffer, after *effects) bool {
 		g.answeredLocked(e, after)
 		return true
 	}
-	if e.allowRetx > 0 {
-		e.allowRetx--
-		return true
-	}
 	return false // the stack's own retransmission: the gate keeps the schedule
 }

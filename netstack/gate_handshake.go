@@ -54,8 +54,8 @@ type handshake struct {
 	answered  bool
 	synack    []byte // the first SYN-ACK, sent again on schedule
 	serverISN uint32
-	retx      int32               // SYN-ACK retransmissions sent
-	allowRetx int32               // SYN-ACKs the stack may send in answer to repeated SYNs
+	retx      int32               // SYN-ACK retransmissions the schedule has sent
+	resent    int32               // ms from start to the last repeated SYN answered, plus one; 0 if none
 	due       tcpip.MonotonicTime // when the schedule next needs it
 	slot      int                 // its place in gate.sched, plus one; 0 if none
 }
@@ -97,14 +97,17 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 	key := keyOf(s.id)
 	if e := g.conns.get(key, s.id); e != nil {
 		if e.state() == stateHalfOpen && s.seq == e.isn {
-			// The client sent its SYN again. Linux (tcp_check_req)
-			// and FreeBSD (syncache_add) answer it with their SYN-ACK
-			// once more; gVisor's handshake endpoint, which gets it,
-			// answers with a bare ACK, as RFC 793 does a segment before
-			// the window, and the client waits for the schedule's next
-			// SYN-ACK. (Not yet a rule of the personalities.) Should
-			// the stack answer with a SYN-ACK, it may pass.
-			e.allowRetx++
+			// The client sent its SYN again.
+			if r := l.p.OnRepeatSYN; r.Resend {
+				g.repeatSYNLocked(e, r, fx)
+				return false // answered as the system answers it; the stack never sees it
+			}
+			// Left to the stack: gVisor's handshake endpoint answers
+			// with a bare ACK at most every 500 ms
+			// (allowOutOfWindowAck), as RFC 793 answers a segment
+			// outside the window, or its listening endpoint drops it,
+			// finding the 4-tuple taken. The client waits for the
+			// schedule's next SYN-ACK.
 		}
 		return true
 	}
@@ -121,6 +124,36 @@ func (g *gate) syn(l *Listener, s *seg, b []byte, fx *effects) bool {
 	}
 	_, o := g.admitLocked(l, s.proto, s.id, key, s.seq, s.syn, g.stack.Clock().NowMonotonic(), fx)
 	return o == backlog.HalfOpen
+}
+
+// repeatSYNLocked answers a half-open connection's repeated SYN by rule r:
+// its SYN-ACK again, unless one answered the last repeat less than
+// r.RateLimit ago, and its schedule restarted as r says. A SYN repeated
+// before the stack has sent its first SYN-ACK gets nothing: that SYN-ACK is
+// on its way.
+func (g *gate) repeatSYNLocked(e *pending, r backlog.RepeatSYN, fx *effects) {
+	if e.synack == nil {
+		return
+	}
+	now := g.stack.Clock().NowMonotonic()
+	since := now.Sub(e.start)
+	if r.RateLimit > 0 && e.resent != 0 && since-time.Duration(e.resent-1)*time.Millisecond < r.RateLimit {
+		return
+	}
+	e.resent = int32(since.Milliseconds()) + 1
+	// Behind the answers still owed to SYNs decided before this one.
+	g.answerLocked(e.l, e.synack, fx)
+	sched := e.l.p.SYNACK
+	switch r.Restart {
+	case backlog.RestartTimer:
+		e.due = now.Add(sched.Step(int(e.retx)))
+	case backlog.RestartSchedule:
+		e.retx = 0
+		e.due = now.Add(sched.Step(0))
+	default:
+		return
+	}
+	g.placeLocked(e)
 }
 
 // admitLocked asks the listener's queue about a SYN from id with ISN isn

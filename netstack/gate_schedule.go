@@ -26,15 +26,23 @@ type schedule struct {
 	armedAt tcpip.MonotonicTime
 }
 
-// armLocked schedules e for its next SYN-ACK retransmission, or for the
-// moment its personality gives up on it.
+// armLocked schedules e from its SYN: for its first SYN-ACK retransmission
+// once the stack's SYN-ACK has left, for the moment its personality gives up
+// on it until then. Each step after that is timed from the one before
+// (tickLocked), so that answering a repeated SYN can restart the schedule
+// (repeatSYNLocked).
 func (g *gate) armLocked(e *pending) {
 	sched := e.l.p.SYNACK
-	next := sched.GiveUp
-	if e.synack != nil && int(e.retx) < len(sched.At) {
-		next = sched.At[e.retx]
+	if e.synack != nil {
+		e.due = e.start.Add(sched.Step(0))
+	} else {
+		e.due = e.start.Add(sched.GiveUp)
 	}
-	e.due = e.start.Add(next)
+	g.placeLocked(e)
+}
+
+// placeLocked puts e, its due time set, in its place on the schedule.
+func (g *gate) placeLocked(e *pending) {
 	if e.slot == 0 {
 		g.sched.push(e)
 	} else {
@@ -56,12 +64,7 @@ const handoverCheck = 250 * time.Millisecond
 // armHandoverLocked schedules e, completed, for a look in gVisor.
 func (g *gate) armHandoverLocked(e *pending) {
 	e.due = g.stack.Clock().NowMonotonic().Add(handoverCheck)
-	if e.slot == 0 {
-		g.sched.push(e)
-	} else {
-		g.sched.fix(e.slot - 1)
-	}
-	g.rearmLocked()
+	g.placeLocked(e)
 }
 
 // inStackLocked reports whether gVisor has an endpoint for e's 4-tuple
@@ -150,18 +153,20 @@ func (g *gate) tickLocked(e *pending, now tcpip.MonotonicTime, fx *effects) {
 		return
 	}
 	sched := e.l.p.SYNACK
-	elapsed := now.Sub(e.start)
-	if elapsed >= sched.GiveUp {
+	if e.synack == nil || int(e.retx) >= len(sched.At) {
+		// The stack never answered, or the last retransmission has had
+		// its wait: the personality gives up.
 		if e.l.q.Expire(e) {
 			g.killLocked(e, false, fx)
 		}
 		return
 	}
-	if e.synack != nil && int(e.retx) < len(sched.At) && elapsed >= sched.At[e.retx] {
-		e.retx++
-		fx.send(e.synack)
-	}
-	g.armLocked(e)
+	e.retx++
+	fx.send(e.synack)
+	// From when it was due, not from now: a late timer does not shift
+	// the rest.
+	e.due = e.due.Add(sched.Step(int(e.retx)))
+	g.placeLocked(e)
 }
 
 // The heap, by due time; a pending's slot is its index plus one, 0 when it

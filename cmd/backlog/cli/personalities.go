@@ -143,6 +143,7 @@ type personalityJSON struct {
 	SlotsNeedFDs   bool         `json:"slots_need_descriptors"`
 	ClientSYN      scheduleJSON `json:"client_syn"`
 	SYNACK         scheduleJSON `json:"syn_ack"`
+	OnRepeatSYN    string       `json:"on_repeated_syn"`
 	Parameters     []string     `json:"parameters"`
 	Sources        []string     `json:"sources"`
 	Notes          string       `json:"notes,omitempty"`
@@ -164,7 +165,7 @@ func describe(p backlog.Personality) personalityJSON {
 		Capacity: p.Capacity.String(), HalfOpen: p.HalfOpenString(),
 		OnFull: p.FullVerdict(), OnSYNFull: p.OnFull.String(), OnFinalACKFull: finalACKRule(p),
 		Relisten: p.Relisten.String(), KB295079Defect: p.DeferredSlotReturn, SlotsNeedFDs: p.SlotsNeedDescriptors,
-		ClientSYN: scheduleOf(p.ClientSYN), SYNACK: scheduleOf(p.SYNACK),
+		ClientSYN: scheduleOf(p.ClientSYN), SYNACK: scheduleOf(p.SYNACK), OnRepeatSYN: p.OnRepeatSYN.String(),
 		Parameters: params, Sources: p.Sources, Notes: p.Notes,
 		AtSYNOnLinux: kernel.ShapeDifferences(p),
 	}
@@ -243,6 +244,7 @@ func printDetail(e *env, p backlog.Personality) {
 	}
 	row("client SYN", p.ClientSYN.String())
 	row("SYN-ACK", p.SYNACK.String())
+	row("SYN again", d.OnRepeatSYN)
 	for _, diff := range d.AtSYNOnLinux {
 		row("at the SYN on Linux", diff)
 	}
