@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog/internal/netnstest"
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/tun"
@@ -90,6 +89,9 @@ func (r repeatedSYNRun) String() string {
 
 // premise says how the run's timing failed the test's premise, or "".
 func (r repeatedSYNRun) premise() string {
+	if !slices.ContainsFunc(r.synacks, func(d time.Duration) bool { return d < r.repeat1 }) {
+		return fmt.Sprintf("no answer to the SYN before the first repeat (%s); ", r)
+	}
 	if r.repeat2-r.repeat1 >= 400*time.Millisecond {
 		return fmt.Sprintf("the repeats %v apart; ", r.repeat2-r.repeat1)
 	}
@@ -183,11 +185,11 @@ func kernelSYNTarget(t *testing.T) synTarget {
 		b := make([]byte, 1500)
 		for {
 			n, err := dev.Read(b)
-			if errors.Is(err, os.ErrClosed) {
-				return
-			}
 			if err != nil {
-				continue // EINTR and the like
+				if !errors.Is(err, os.ErrClosed) {
+					t.Errorf("reading tun0: %v", err)
+				}
+				return
 			}
 			if s, ok := parse(b[:n], true); ok {
 				mu.Lock()
@@ -203,7 +205,7 @@ func kernelSYNTarget(t *testing.T) synTarget {
 	return synTarget{
 		port: 8080,
 		send: func(b []byte) {
-			if _, err := dev.Write(b); err != nil && !errors.Is(err, unix.EIO) {
+			if _, err := dev.Write(b); err != nil {
 				t.Errorf("writing to tun0: %v", err)
 			}
 		},
