@@ -244,7 +244,7 @@ func printDetail(e *env, p backlog.Personality) {
 	}
 	row("client SYN", p.ClientSYN.String())
 	row("SYN-ACK", p.SYNACK.String())
-	row("SYN again", d.OnRepeatSYN)
+	row("repeated SYN", d.OnRepeatSYN)
 	for _, diff := range d.AtSYNOnLinux {
 		row("at the SYN on Linux", diff)
 	}
