@@ -382,21 +382,23 @@ func linuxSchedule(retries, linear int) Schedule {
 // queue full is dropped (ListenOverflows, ListenDrops), never reset. A final
 // ACK that finds it full (tcp_v4_syn_recv_sock, tcp_check_req in
 // net/ipv4/tcp_minisocks.c) is dropped, leaving the request to retransmit its
-// SYN-ACK, or reset with tcp_abort_on_overflow. A second listen()
-// (inet_listen) only rewrites the stored backlog.
+// SYN-ACK, or reset with tcp_abort_on_overflow. While more than half of
+// max(8, N) requests wait, the request timer (reqsk_timer_handler,
+// net/ipv4/inet_connection_sock.c) gives the old ones fewer SYN-ACKs. A
+// second listen() (inet_listen) only rewrites the stored backlog.
 func Linux(c LinuxConfig) Personality {
 	p := Personality{
 		Name:    "linux",
 		Aliases: []string{"linux-5.4", "linux-6"},
 		System:  "Linux 4.4 and later",
-		Sources: []string{seedTwisted, "Linux net/socket.c __sys_listen", "Linux include/net/sock.h sk_acceptq_is_full", "Linux net/ipv4/tcp_input.c tcp_conn_request", "Linux net/ipv4/tcp_minisocks.c tcp_check_req"},
+		Sources: []string{seedTwisted, "Linux net/socket.c __sys_listen", "Linux include/net/sock.h sk_acceptq_is_full", "Linux net/ipv4/tcp_input.c tcp_conn_request", "Linux net/ipv4/tcp_minisocks.c tcp_check_req", "Linux net/ipv4/inet_connection_sock.c reqsk_timer_handler"},
 		Notes:   "The SYN queue holds N+1 since a January 2025 fix (N before). A cookie ACK that overflows is dropped even with tcp_abort_on_overflow=1.",
 		Clamp:   Clamp{Kind: ClampUnsigned, Max: c.Somaxconn},
 		// include/linux/socket.h and glibc: 4096 since 5.4, 128 before;
 		// either gives the maximum while somaxconn is at most 4096.
 		SOMAXCONN: 4096,
 		Capacity:  CapacityPlusOne,
-		HalfOpen:  HalfOpenRule{Extra: 1, OnFull: SYNIgnore},
+		HalfOpen:  HalfOpenRule{Extra: 1, OnFull: SYNIgnore, PruneOld: true},
 		OnFull:    SYNIgnore,
 		OnACKFull: ACKDrop,
 		Relisten:  RelistenUpdate,

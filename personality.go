@@ -173,6 +173,27 @@ func (p Personality) HalfOpenString() string {
 	return "N, then " + h.OnFull.String()
 }
 
+// SYNACKRetries returns how many times a half-open connection's SYN-ACK is
+// sent again before it is given up, decided each time its timer fires, when
+// halfOpen connections of its listener are half-open, young of them (itself
+// among them, if it is) have not had a retransmission yet, and backlog is
+// the stored backlog. It is the schedule's count, unless HalfOpen.PruneOld
+// holds and twice halfOpen exceeds max(8, backlog): then, down to 2, one
+// fewer for as long as halfOpen reaches twice, four times, eight times …
+// young, so that the older the queue, the sooner its old entries go and
+// half the room stays for new ones (Linux
+// net/ipv4/inet_connection_sock.c, reqsk_timer_handler).
+func (p Personality) SYNACKRetries(halfOpen, young, backlog int) int {
+	retries := len(p.SYNACK.At)
+	if !p.HalfOpen.PruneOld || halfOpen*2 <= max(8, backlog) {
+		return retries
+	}
+	for y := young * 2; retries > 2 && halfOpen >= y; y *= 2 {
+		retries--
+	}
+	return retries
+}
+
 // Validate reports whether p is usable by a Queue.
 func (p Personality) Validate() error {
 	if p.Name == "" {
@@ -357,6 +378,10 @@ type HalfOpenRule struct {
 	// fewer than a quarter of MaxSynBacklog half-open places remain (Linux
 	// net/ipv4/tcp_input.c tcp_conn_request, tcp_max_syn_backlog).
 	MaxSynBacklog int
+	// PruneOld gives old half-open connections fewer SYN-ACK
+	// retransmissions while more than half the room is taken (Linux
+	// reqsk_timer_handler): see Personality.SYNACKRetries.
+	PruneOld bool
 }
 
 // SYNAction is what a SYN meets.

@@ -208,3 +208,43 @@ func TestFullVerdict(t *testing.T) {
 		}
 	}
 }
+
+// TestSYNACKRetries follows reqsk_timer_handler's loop by hand: with the
+// defaults (5 retries), nothing changes while at most half of max(8, N)
+// requests wait; beyond it, each halving of the young share takes one
+// retry off, down to 2. Only Linux prunes.
+func TestSYNACKRetries(t *testing.T) {
+	linux := MustLookup("linux")
+	for _, c := range []struct{ half, young, backlog, want int }{
+		{4, 0, 8, 5},      // 8 is not above max(8, 8)
+		{4, 0, 5, 5},      // max(8, 5) is 8
+		{5, 0, 8, 2},      // above it, and none young: down to the floor
+		{6, 6, 8, 5},      // 6 < 12: every one young
+		{6, 3, 8, 4},      // 6 >= 6, then 6 < 12
+		{6, 1, 8, 3},      // 6 >= 2, 6 >= 4, then 6 < 8
+		{9, 3, 8, 4},      // 9 >= 6, then 9 < 12
+		{9, 2, 8, 3},      // 9 >= 4, 9 >= 8, then 9 < 16
+		{100, 60, 128, 5}, // 200 > 128, but 100 < 120
+		{100, 20, 128, 3}, // 100 >= 40, 100 >= 80, then 100 < 160
+		{64, 0, 128, 5},   // 128 is not above 128
+	} {
+		if got := linux.SYNACKRetries(c.half, c.young, c.backlog); got != c.want {
+			t.Errorf("linux: %d half-open, %d young, backlog %d: %d retries; want %d", c.half, c.young, c.backlog, got, c.want)
+		}
+	}
+	two, err := Lookup("linux:synack_retries=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := two.SYNACKRetries(100, 0, 8); got != 2 {
+		t.Errorf("linux with 2 retries: %d under pressure; want 2, the floor being 2", got)
+	}
+	for _, p := range All() {
+		if p.Name == "linux" {
+			continue
+		}
+		if got, want := p.SYNACKRetries(100, 0, 8), len(p.SYNACK.At); got != want {
+			t.Errorf("%s: %d retries under pressure; want its schedule's %d", p.Name, got, want)
+		}
+	}
+}

@@ -148,6 +148,9 @@ func (g *gate) repeatSYNLocked(e *pending, r backlog.RepeatSYN, fx *effects) {
 	case backlog.RestartTimer:
 		e.due = now.Add(sched.Step(int(e.retx)))
 	case backlog.RestartSchedule:
+		if e.retx > 0 {
+			e.l.aged--
+		}
 		e.retx = 0
 		e.due = now.Add(sched.Step(0))
 	default:
@@ -274,6 +277,7 @@ func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool
 	}
 	switch l.q.Established(e) {
 	case backlog.Queued:
+		e.leaveHalfOpenLocked()
 		e.st = stateCompleting
 		g.armHandoverLocked(e) // the SYN-ACK schedule is over
 		e.synack = nil
@@ -291,6 +295,14 @@ func (g *gate) finalACKLocked(l *Listener, e *pending, s *seg, fx *effects) bool
 }
 
 func (e *pending) haveSYNACK() bool { return e.synack != nil }
+
+// leaveHalfOpenLocked takes e, about to complete or end, out of its
+// listener's count of aged handshakes, if it is in it.
+func (e *pending) leaveHalfOpenLocked() {
+	if e.st == stateHalfOpen && e.retx > 0 {
+		e.l.aged--
+	}
+}
 
 // peerReset handles a RST from a client: a half-open connection ends. A
 // reset of an established connection is noted, so that a SYN for the same
@@ -417,6 +429,7 @@ func (g *gate) forgetLocked(e *pending, fx *effects) {
 
 // endLocked marks e dead, for an Accept that waits for it in take.
 func (g *gate) endLocked(e *pending) {
+	e.leaveHalfOpenLocked()
 	e.st = stateDead
 	e.l.handover.Broadcast()
 	e.l.acc.Wake()

@@ -152,14 +152,23 @@ func (g *gate) tickLocked(e *pending, now tcpip.MonotonicTime, fx *effects) {
 	if e.state() != stateHalfOpen || g.conns.get(e.key, e.id) != e {
 		return
 	}
-	sched := e.l.p.SYNACK
-	if e.synack == nil || int(e.retx) >= len(sched.At) {
+	l := e.l
+	sched := l.p.SYNACK
+	retries := len(sched.At)
+	if l.p.HalfOpen.PruneOld {
+		half := l.q.HalfOpen()
+		retries = l.p.SYNACKRetries(half, max(half-l.aged, 0), l.q.Backlog())
+	}
+	if e.synack == nil || int(e.retx) >= retries {
 		// The stack never answered, or the last retransmission has had
 		// its wait: the personality gives up.
-		if e.l.q.Expire(e) {
+		if l.q.Expire(e) {
 			g.killLocked(e, false, fx)
 		}
 		return
+	}
+	if e.retx == 0 {
+		l.aged++
 	}
 	e.retx++
 	fx.send(e.synack)

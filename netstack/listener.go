@@ -74,6 +74,10 @@ type Listener struct {
 	// rcvScale is the window scale gVisor offers on this listener's
 	// connections, which a cookie SYN-ACK must offer too.
 	rcvScale int
+	// aged counts this listener's half-open handshakes whose SYN-ACK the
+	// schedule has sent again at least once: the ones Linux calls no
+	// longer young (HalfOpen.PruneOld). Guarded by gate.mu.
+	aged int
 	// answers are the replies to this listener's SYNs in the order the
 	// gate decided them, guarded by gate.mu (see answer).
 	answers ring.Ring[answer]

@@ -144,6 +144,7 @@ type personalityJSON struct {
 	ClientSYN      scheduleJSON `json:"client_syn"`
 	SYNACK         scheduleJSON `json:"syn_ack"`
 	OnRepeatSYN    string       `json:"on_repeated_syn"`
+	PrunesOld      bool         `json:"prunes_old_half_open"`
 	Parameters     []string     `json:"parameters"`
 	Sources        []string     `json:"sources"`
 	Notes          string       `json:"notes,omitempty"`
@@ -165,7 +166,7 @@ func describe(p backlog.Personality) personalityJSON {
 		Capacity: p.Capacity.String(), HalfOpen: p.HalfOpenString(),
 		OnFull: p.FullVerdict(), OnSYNFull: p.OnFull.String(), OnFinalACKFull: finalACKRule(p),
 		Relisten: p.Relisten.String(), KB295079Defect: p.DeferredSlotReturn, SlotsNeedFDs: p.SlotsNeedDescriptors,
-		ClientSYN: scheduleOf(p.ClientSYN), SYNACK: scheduleOf(p.SYNACK), OnRepeatSYN: p.OnRepeatSYN.String(),
+		ClientSYN: scheduleOf(p.ClientSYN), SYNACK: scheduleOf(p.SYNACK), OnRepeatSYN: p.OnRepeatSYN.String(), PrunesOld: p.HalfOpen.PruneOld,
 		Parameters: params, Sources: p.Sources, Notes: p.Notes,
 		AtSYNOnLinux: kernel.ShapeDifferences(p),
 	}
@@ -244,6 +245,9 @@ func printDetail(e *env, p backlog.Personality) {
 	}
 	row("client SYN", p.ClientSYN.String())
 	row("SYN-ACK", p.SYNACK.String())
+	if p.HalfOpen.PruneOld {
+		row("old half-open", "fewer SYN-ACKs, down to 2, past half of max(8, N) waiting")
+	}
 	row("repeated SYN", d.OnRepeatSYN)
 	for _, diff := range d.AtSYNOnLinux {
 		row("at the SYN on Linux", diff)

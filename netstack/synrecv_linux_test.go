@@ -3,7 +3,6 @@ package netstack
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/backlog-dev/backlog/internal/netnstest"
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/tun"
@@ -28,19 +28,11 @@ import (
 // (tcp_check_req restarts it). Both run at once, on the real clock.
 func TestRepeatedSYNAgainstLinux(t *testing.T) {
 	netnstest.RequireRoot(t)
-	kern := kernelSYNTarget(t)
-	ours := netstackSYNTarget(t)
 	var got [2]repeatedSYNRun
 	for attempt := 1; ; attempt++ {
-		var wg sync.WaitGroup
-		for i, target := range []synTarget{kern, ours} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				got[i] = runRepeatedSYN(target, 40000+uint16(attempt))
-			}()
-		}
-		wg.Wait()
+		got[0], got[1] = bothSYNTargets(t, func(target synTarget) repeatedSYNRun {
+			return runRepeatedSYN(target, 40000+uint16(attempt))
+		})
 		// The premise: the second repeat left within the rate limit,
 		// after the first had had its answer. A machine that starved
 		// the test for longer breaks it; the run is repeated, twice
@@ -62,12 +54,77 @@ func TestRepeatedSYNAgainstLinux(t *testing.T) {
 	}
 }
 
+// TestOldHalfOpenPrunedAgainstLinux: six clients each send a SYN and never
+// their final ACK, to a listener with backlog 8: the host kernel behind a
+// TUN device and the linux personality on the in-process network, at once,
+// on the real clock. Six requests are more than half of max(8, 8), and
+// after their first retransmission none is young, so at the third expiry
+// (7 s) reqsk_timer_handler finds the retries down to 2 and gives up on
+// requests until 4 are left, below the mark, which it answers. Both must
+// send, in each window, 6 SYN-ACKs at once, 6 at 1 s, 6 at 3 s and 4 at 7 s,
+// and none in between.
+func TestOldHalfOpenPrunedAgainstLinux(t *testing.T) {
+	netnstest.RequireRoot(t)
+	kern, ours := bothSYNTargets(t, func(target synTarget) []int {
+		start := time.Now()
+		for i := range 6 {
+			target.send(target.syn(40100 + uint16(i)))
+		}
+		// The kernel's timer wheel rounds a 4 s timer up by as much as
+		// 256 ms at HZ 250.
+		windows := []time.Duration{0, 500 * time.Millisecond, 900 * time.Millisecond, 1600 * time.Millisecond,
+			2900 * time.Millisecond, 3600 * time.Millisecond, 6900 * time.Millisecond, 7600 * time.Millisecond}
+		time.Sleep(time.Until(start.Add(windows[len(windows)-1])))
+		counts := make([]int, len(windows)/2+1) // the last: outside every window
+		for _, s := range target.heard() {
+			if s.dport < 40100 || s.dport >= 40106 || s.flags != header.TCPFlagSyn|header.TCPFlagAck {
+				continue
+			}
+			d, w := s.at.Sub(start), len(counts)-1
+			for i := 0; i < len(windows); i += 2 {
+				if d >= windows[i] && d < windows[i+1] {
+					w = i / 2
+				}
+			}
+			counts[w]++
+		}
+		return counts
+	})
+	want := []int{6, 6, 6, 4, 0}
+	if !slices.Equal(kern, want) {
+		t.Errorf("host kernel: SYN-ACKs at once, at 1, 3 and 7 s, and elsewhere: %v; want %v", kern, want)
+	}
+	if !slices.Equal(ours, want) {
+		t.Errorf("netstack linux: SYN-ACKs at once, at 1, 3 and 7 s, and elsewhere: %v; want %v", ours, want)
+	}
+}
+
 // A synTarget is a server a test reaches with hand-made segments: send
 // writes one from the client, heard returns what the server sent it.
 type synTarget struct {
 	port  uint16 // the server's
 	send  func(b []byte)
 	heard func() []timedSegment
+}
+
+// syn returns the SYN of a client at 198.18.0.2 from port.
+func (target synTarget) syn(port uint16) []byte {
+	return tcpSpec{
+		proto: ipv4.ProtocolNumber, src: tcpip.AddrFrom4([4]byte{198, 18, 0, 2}), dst: tcpip.AddrFrom4([4]byte{198, 18, 0, 1}),
+		sport: port, dport: target.port, seq: uint32(port) * 7919, flags: header.TCPFlagSyn, window: 65535, mss: 1460,
+	}.build()
+}
+
+// bothSYNTargets runs f on the host kernel's target and on netstack's at
+// once, and returns what each returned.
+func bothSYNTargets[T any](t *testing.T, f func(synTarget) T) (kern, ours T) {
+	k, o := kernelSYNTarget(t), netstackSYNTarget(t)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); kern = f(k) }()
+	go func() { defer wg.Done(); ours = f(o) }()
+	wg.Wait()
+	return kern, ours
 }
 
 // timedSegment is a segment the server sent, and when.
@@ -125,10 +182,7 @@ func (r repeatedSYNRun) verdict() []string {
 // 150 ms after that, and collects the server's SYN-ACKs until 2.5 s after
 // the first repeat.
 func runRepeatedSYN(target synTarget, port uint16) repeatedSYNRun {
-	syn := tcpSpec{
-		proto: ipv4.ProtocolNumber, src: tcpip.AddrFrom4([4]byte{198, 18, 0, 2}), dst: tcpip.AddrFrom4([4]byte{198, 18, 0, 1}),
-		sport: port, dport: target.port, seq: uint32(port) * 7919, flags: header.TCPFlagSyn, window: 65535, mss: 1460,
-	}.build()
+	syn := target.syn(port)
 	start := time.Now()
 	target.send(syn)
 	time.Sleep(time.Until(start.Add(300 * time.Millisecond)))
@@ -146,6 +200,10 @@ func runRepeatedSYN(target synTarget, port uint16) repeatedSYNRun {
 	}
 	return r
 }
+
+// synTargetBacklog is the backlog of the listeners of kernelSYNTarget and
+// netstackSYNTarget.
+const synTargetBacklog = 8
 
 // kernelSYNTarget is the host kernel's TCP, listening on 198.18.0.1:8080 in
 // a namespace of its own, behind a TUN device: what the test writes to the
@@ -167,12 +225,21 @@ func kernelSYNTarget(t *testing.T) synTarget {
 			t.Error(err)
 			return
 		}
-		l, err := net.Listen("tcp4", "198.18.0.1:8080")
+		// With the backlog exactly synTargetBacklog, which net.Listen
+		// does not take.
+		ls, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		t.Cleanup(func() { l.Close() })
+		t.Cleanup(func() { unix.Close(ls) })
+		if err := unix.Bind(ls, &unix.SockaddrInet4{Port: 8080, Addr: [4]byte{198, 18, 0, 1}}); err != nil {
+			t.Error(err)
+			return
+		}
+		if err := unix.Listen(ls, synTargetBacklog); err != nil {
+			t.Error(err)
+		}
 	})
 	if t.Failed() {
 		t.FailNow()
@@ -227,7 +294,7 @@ func netstackSYNTarget(t *testing.T) synTarget {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listen(t, srv, "linux", 128)
+	listen(t, srv, "linux", synTargetBacklog)
 	var mu sync.Mutex
 	var heard []timedSegment
 	f := func(b []byte) {
