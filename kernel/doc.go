@@ -146,7 +146,9 @@
 // Where it differs from the real system (ShapeDifferences lists it per
 // personality, and `backlog personalities NAME` shows it): the SYN-ACK and
 // its retransmissions are the host kernel's, not the personality's
-// schedule; a final ACK that finds the queue full meets a connection the
+// schedule, and so is the answer to a client's repeated SYN (Linux's
+// tcp_check_req, where the system has a rule of its own, as FreeBSD's
+// syncache_add); a final ACK that finds the queue full meets a connection the
 // kernel has already completed, so a drop rule (linux, gvisor) becomes a
 // wait in the shaper until accept() frees a slot (another program's
 // listener: a wait in its own queue, beside the emulated one), and a reset
