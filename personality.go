@@ -505,8 +505,9 @@ func (s Schedule) String() string {
 // transmission) the next one comes, or, after the last, the attempt is
 // abandoned.
 func (s Schedule) Step(i int) time.Duration {
+	i = min(max(i, 0), len(s.At))
 	var prev time.Duration
-	if i > 0 && i <= len(s.At) {
+	if i > 0 {
 		prev = s.At[i-1]
 	}
 	if i < len(s.At) {
@@ -532,8 +533,8 @@ type RepeatSYN struct {
 	RateLimit time.Duration
 }
 
-// String describes the rule: "SYN-ACK again; timer restarted; once per
-// 500ms".
+// String describes the rule, as "SYN-ACK again, its timer restarted, at
+// most once per 500ms".
 func (r RepeatSYN) String() string {
 	if !r.Resend {
 		return "as the transport's TCP answers it"

@@ -248,3 +248,23 @@ func TestSYNACKRetries(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduleStep: the waits between a schedule's transmissions, the last
+// being the one before it gives up; past the end, that last one again.
+func TestScheduleStep(t *testing.T) {
+	s := MustLookup("linux").SYNACK // 1s 3s 7s 15s 31s, gives up at 63s
+	var got []time.Duration
+	for i := -1; i <= 7; i++ {
+		got = append(got, s.Step(i))
+	}
+	want := []time.Duration{1, 1, 2, 4, 8, 16, 32, 32, 32}
+	for i := range want {
+		want[i] *= time.Second
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Steps -1..7 of %v: %v; want %v", s, got, want)
+	}
+	if none := (Schedule{GiveUp: 20 * time.Second}); none.Step(0) != 20*time.Second {
+		t.Errorf("a schedule without retransmissions: Step(0) = %v; want its 20s", none.Step(0))
+	}
+}
