@@ -36,8 +36,8 @@ func flushServer(t *testing.T, prober *rawPeer) {
 // current step and ignores a repeat within 500 ms of the last it answered;
 // FreeBSD (syncache_add) sends it again every time and starts its whole
 // schedule over; gVisor leaves it to its TCP, which answers with at most a
-// bare ACK, and keeps its schedule. The SYN-ACKs' times, and when the half-open
-// connection is given up, show it.
+// bare ACK, and keeps its schedule. The SYN-ACKs' times, and when the
+// half-open connection is given up, show it.
 func TestRepeatedSYNOnTheWire(t *testing.T) {
 	s := time.Second
 	ms := time.Millisecond
