@@ -436,11 +436,15 @@ func (r *run) acceptLoop(ctx context.Context) {
 			}
 			continue
 		}
+		// Under the lock: Run ends the run and then takes the connections
+		// to close under it, so one accepted before the end is among them
+		// and one after is closed here, never kept past the run.
+		r.mu.Lock()
 		if ctx.Err() != nil {
+			r.mu.Unlock()
 			c.Close() // accepted after the run ended: not counted
 			continue
 		}
-		r.mu.Lock()
 		r.accepted++
 		r.serverEnd = append(r.serverEnd, c)
 		r.mu.Unlock()
