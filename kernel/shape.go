@@ -49,13 +49,14 @@ type ShaperStats struct {
 // each.
 func ShapeDifferences(p backlog.Personality) []string {
 	var d []string
+	host := backlog.MustLookup("linux")
 	synack := "the SYN-ACK and its retransmissions are the host kernel's (Linux: after 1 s, doubling, net.ipv4.tcp_synack_retries times)"
-	if host := backlog.MustLookup("linux").SYNACK.String(); len(p.SYNACK.At) > 0 && p.SYNACK.String() != host {
+	if len(p.SYNACK.At) > 0 && p.SYNACK.String() != host.SYNACK.String() {
 		synack += ", not this system's (" + p.SYNACK.String() + ")"
 	}
 	d = append(d, synack)
-	if host := backlog.MustLookup("linux").OnRepeatSYN; p.OnRepeatSYN.Resend && p.OnRepeatSYN != host {
-		d = append(d, "a client's repeated SYN is answered by the host kernel ("+host.String()+"), not as this system answers it ("+p.OnRepeatSYN.String()+")")
+	if p.OnRepeatSYN.Resend && p.OnRepeatSYN != host.OnRepeatSYN {
+		d = append(d, "a client's repeated SYN is answered by the host kernel ("+host.OnRepeatSYN.String()+"), not as this system answers it ("+p.OnRepeatSYN.String()+")")
 	}
 	if !p.HalfOpen.Shared {
 		switch p.OnACKFull {
