@@ -68,7 +68,11 @@ func closeAll(l net.Listener) (done chan struct{}) {
 // of it passes through this package (newHostGated with gated false).
 // impl=gvisor-ungated is a second listener of that host, which shows the
 // method's own noise; impl=gvisor-gated gVisor's own listener on the gated
-// host, which pays what the gate costs a packet it lets by; impl=kernel
+// host, which pays what the gate costs a packet it lets by;
+// impl=gvisor-stateless gVisor's own listener on a third ungated host that
+// answers every SYN with a cookie (TCPAlwaysUseSynCookies), keeping
+// nothing of a handshake until its final ACK builds the connection: what
+// gVisor spends when no endpoint is made at the SYN; impl=kernel
 // the host kernel on loopback, for reference. Each connection is dialled,
 // accepted and closed by the server, and reset by the client once it reads
 // the end, so nothing lingers in TIME-WAIT.
@@ -84,24 +88,32 @@ func closeAll(l net.Listener) (done chan struct{}) {
 func BenchmarkSetup(b *testing.B) {
 	n, srv, cli := pair(b, nil)
 	bare, err := n.newHost(false) // 198.18.0.3 and fdb1:ac6::3, as srv has two
-
 	if err != nil {
+		b.Fatal(err)
+	}
+	stateless, err := n.newHost(false) // 198.18.0.4
+	if err != nil {
+		b.Fatal(err)
+	}
+	cookies := tcpip.TCPAlwaysUseSynCookies(true)
+	if err := stateless.Stack().SetTransportProtocolOption(tcp.ProtocolNumber, &cookies); err != nil {
 		b.Fatal(err)
 	}
 	gated := listen(b, srv, "linux", benchBacklog)
 	native := nativeListen(b, bare, 80, benchBacklog)
 	twin := nativeListen(b, bare, 81, benchBacklog)
 	onGated := nativeListen(b, srv, 81, benchBacklog)
+	noState := nativeListen(b, stateless, 80, benchBacklog)
 	kl, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	var done []chan struct{}
-	for _, l := range []net.Listener{gated, native, twin, onGated, kl} {
+	for _, l := range []net.Listener{gated, native, twin, onGated, noState, kl} {
 		done = append(done, closeAll(l))
 	}
 	b.Cleanup(func() {
-		for _, l := range []net.Listener{kl, gated, native, twin, onGated} {
+		for _, l := range []net.Listener{kl, gated, native, twin, onGated, noState} {
 			l.Close()
 		}
 		for _, d := range done {
@@ -121,6 +133,7 @@ func BenchmarkSetup(b *testing.B) {
 	}{
 		{"impl=gvisor-ungated", netstackDial("198.18.0.3:81")},
 		{"impl=gvisor-gated", netstackDial(serverAddr + ":81")},
+		{"impl=gvisor-stateless", netstackDial("198.18.0.4:80")},
 		{"impl=backlog", netstackDial(serverAddr + ":80")},
 		{"impl=kernel", func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp4", kaddr) }},
 	}

@@ -264,6 +264,7 @@ END {
 	ok = paired(S "backlog", "p99-ratio") && rmed <= 1.05
 	row("2. netstack setup", "connect() p99", num(med(G, "p99-us"), 0) " µs", num(med(S "backlog", "p99-us"), 0) " µs", pairedcell(S "backlog", "p99-ratio"), "≤ 1.05", met(ok))
 	row("2. netstack setup", "reference: gVisor listener on the gated host", setup(G), setup(S "gvisor-gated"), pairedcell(S "gvisor-gated"), "—", "—")
+	row("2. netstack setup", "reference: gVisor listener keeping no handshake (always cookies)", setup(G), setup(S "gvisor-stateless"), pairedcell(S "gvisor-stateless"), "—", "—")
 	row("2. netstack setup", "reference: host kernel, loopback", setup(G), setup(S "kernel"), pairedcell(S "kernel"), "—", "—")
 	row("2. netstack setup", "noise of the method: gVisor listener vs another", "", "", pairedcell(G), "—", "—")
 	E = "BenchmarkEcho/impl="
