@@ -91,7 +91,7 @@ func BenchmarkSetup(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	stateless, err := n.newHost(false) // 198.18.0.4
+	stateless, err := n.newHost(false)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -108,12 +108,13 @@ func BenchmarkSetup(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	all := []net.Listener{gated, native, twin, onGated, noState, kl}
 	var done []chan struct{}
-	for _, l := range []net.Listener{gated, native, twin, onGated, noState, kl} {
+	for _, l := range all {
 		done = append(done, closeAll(l))
 	}
 	b.Cleanup(func() {
-		for _, l := range []net.Listener{kl, gated, native, twin, onGated, noState} {
+		for _, l := range all {
 			l.Close()
 		}
 		for _, d := range done {
@@ -126,14 +127,15 @@ func BenchmarkSetup(b *testing.B) {
 	}
 	var d net.Dialer
 	kaddr := kl.Addr().String()
-	baseline := netstackDial("198.18.0.3:80")
+	on := func(h *Host, port string) string { return net.JoinHostPort(h.addrs[0].String(), port) }
+	baseline := netstackDial(on(bare, "80"))
 	cases := []struct {
 		name string
 		dial dialFunc
 	}{
-		{"impl=gvisor-ungated", netstackDial("198.18.0.3:81")},
+		{"impl=gvisor-ungated", netstackDial(on(bare, "81"))},
 		{"impl=gvisor-gated", netstackDial(serverAddr + ":81")},
-		{"impl=gvisor-stateless", netstackDial("198.18.0.4:80")},
+		{"impl=gvisor-stateless", netstackDial(on(stateless, "80"))},
 		{"impl=backlog", netstackDial(serverAddr + ":80")},
 		{"impl=kernel", func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp4", kaddr) }},
 	}
